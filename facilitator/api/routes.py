@@ -1,0 +1,144 @@
+"""HTTP endpoints. 200 for every well-formed request (isValid/success false with a reason), 400 for a
+body that is not a facilitator request, 503 when the chain cannot be reached: never a 5xx for bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shared.telemetry.metrics import metrics_endpoint
+from shared.x402 import reasons
+from shared.x402.models import SettleResponse, VerifyResponse, WireModel
+
+from ..exact_evm.payment import Rejected
+from ..health import readiness
+from ..receipts import TX_HASH
+from ..service import Facilitator, NetworkUnavailable
+from ..wire import BadRequest, network_hint, parse_request
+
+
+class OrjsonResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _wire(model: WireModel, status: int = 200) -> Response:
+    return OrjsonResponse(model.to_wire(), status_code=status)
+
+
+def _error(status: int, message: str, **extra: Any) -> Response:
+    return OrjsonResponse(
+        {"error": message, **extra},
+        status_code=status,
+        headers={"retry-after": "2"} if status == 503 else None,
+    )
+
+
+async def _read_json(request: Request) -> Any:
+    limit: int = request.app.state.max_body_bytes
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"request body exceeds {limit} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+
+
+def _facilitator(request: Request) -> Facilitator:
+    fac: Facilitator = request.app.state.facilitator
+    return fac
+
+
+async def verify(request: Request) -> Response:
+    try:
+        body = await _read_json(request)
+        payment = parse_request(body)
+        return _wire(await _facilitator(request).verify(payment))
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except Rejected as exc:
+        return _wire(
+            VerifyResponse(
+                is_valid=False, invalid_reason=exc.reason, invalid_message=exc.message, payer=exc.payer
+            )
+        )
+    except NetworkUnavailable as exc:
+        return _error(503, f"chain unavailable: {exc}", reason=reasons.NETWORK_UNAVAILABLE)
+
+
+async def settle(request: Request) -> Response:
+    body: Any = None
+    try:
+        body = await _read_json(request)
+        payment = parse_request(body)
+        return _wire(await _facilitator(request).settle(payment))
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except Rejected as exc:
+        return _wire(
+            SettleResponse(
+                success=False,
+                error_reason=exc.reason,
+                error_message=exc.message,
+                payer=exc.payer,
+                transaction="",
+                network=network_hint(body),
+            )
+        )
+    except NetworkUnavailable as exc:
+        return _error(503, f"chain unavailable: {exc}", reason=reasons.NETWORK_UNAVAILABLE)
+
+
+async def supported(request: Request) -> Response:
+    return _wire(_facilitator(request).supported())
+
+
+async def receipt(request: Request) -> Response:
+    tx_hash = request.path_params["tx_hash"]
+    if not TX_HASH.match(tx_hash):
+        return _error(400, "txHash must be 0x followed by 64 hex digits")
+    try:
+        doc = await _facilitator(request).receipt(tx_hash)
+    except NetworkUnavailable as exc:
+        return _error(503, str(exc))
+    if doc is None:
+        return _error(404, "no EIP-3009 transfer of a configured token with this hash")
+    return OrjsonResponse(doc)
+
+
+async def receipt_key(request: Request) -> Response:
+    return OrjsonResponse(
+        {"address": _facilitator(request).receipt_signer, "scheme": "eip191-canonical-json"}
+    )
+
+
+async def health(request: Request) -> Response:
+    return OrjsonResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    report = await readiness(_facilitator(request))
+    return OrjsonResponse(report, status_code=200 if report["ok"] else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return await metrics_endpoint(_facilitator(request).metrics.registry)(request)
+
+
+ROUTES = [
+    Route("/verify", verify, methods=["POST"]),
+    Route("/settle", settle, methods=["POST"]),
+    Route("/supported", supported, methods=["GET"]),
+    Route("/receipt/{tx_hash}", receipt, methods=["GET"]),
+    Route("/receipt-key", receipt_key, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

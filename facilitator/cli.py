@@ -1,0 +1,41 @@
+"""`x402-facilitator`: serve the facilitator with the settings from the environment / config file."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from shared.storage.database import resolve_database_url
+from shared.telemetry.logging import configure_logging
+from shared.telemetry.tracing import configure_tracing
+
+from .app import create_app
+from .config import FacilitatorSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="x402-facilitator", description=__doc__)
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args(argv)
+    settings = FacilitatorSettings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    configure_tracing("x402-facilitator", settings.otel_exporter)
+    explicit = settings.database_url.get_secret_value() if settings.database_url else None
+    dsn, embedded = resolve_database_url(explicit, settings.data_dir / "postgres")
+    try:
+        uvicorn.run(
+            create_app(settings, dsn),
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            log_level="warning",
+            access_log=False,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    main()

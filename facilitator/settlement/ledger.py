@@ -1,0 +1,397 @@
+"""The durable ledger (PostgreSQL): settlement rows, their transactions, signer nonces and the audit trail.
+
+Every state change is a conditional UPDATE on the current status, so two replicas racing on one row
+cannot both move it; the loser re-reads and follows the winner."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .states import Status, check_transition
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementKey:
+    chain_id: int
+    token: str
+    payer: str
+    auth_nonce: str  # 0x-hex
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementRow:
+    id: int
+    key: SettlementKey
+    pay_to: str
+    amount: int
+    valid_after: int
+    valid_before: int
+    network: str
+    x402_version: int
+    payload_hash: str
+    payload: dict[str, Any]
+    requirements: dict[str, Any]
+    calldata: bytes
+    status: Status
+    error_reason: str | None
+    error_message: str | None
+    tx_hash: str | None
+    block_number: int | None
+    block_hash: str | None
+    gas_used: int | None
+    attempts: int
+    lease_owner: str | None
+    lease_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    finalized_at: datetime | None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> SettlementRow:
+        return cls(
+            id=r["id"],
+            key=SettlementKey(r["chain_id"], r["token"], r["payer"], r["auth_nonce"]),
+            pay_to=r["pay_to"],
+            amount=int(r["amount"]),
+            valid_after=int(r["valid_after"]),
+            valid_before=int(r["valid_before"]),
+            network=r["network"],
+            x402_version=r["x402_version"],
+            payload_hash=r["payload_hash"],
+            payload=r["payload"],
+            requirements=r["requirements"],
+            calldata=bytes(r["calldata"]),
+            status=Status(r["status"]),
+            error_reason=r["error_reason"],
+            error_message=r["error_message"],
+            tx_hash=r["tx_hash"],
+            block_number=r["block_number"],
+            block_hash=r["block_hash"],
+            gas_used=r["gas_used"],
+            attempts=r["attempts"],
+            lease_owner=r["lease_owner"],
+            lease_until=r["lease_until"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            submitted_at=r["submitted_at"],
+            finalized_at=r["finalized_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewSettlement:
+    key: SettlementKey
+    pay_to: str
+    amount: int
+    valid_after: int
+    valid_before: int
+    network: str
+    x402_version: int
+    payload_hash: str
+    payload: dict[str, Any]
+    requirements: dict[str, Any]
+    calldata: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTransaction:
+    tx_hash: str
+    settlement_id: int
+    chain_id: int
+    signer: str
+    signer_nonce: int
+    raw_tx: bytes
+    max_fee_per_gas: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTransaction:
+    tx_hash: str
+    raw_tx: bytes
+    nonce: int
+    max_fee_per_gas: int
+
+
+class Ledger:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def insert(
+        self, new: NewSettlement, *, lease_owner: str, lease_seconds: float
+    ) -> SettlementRow | None:
+        """The new row, leased to the caller; None when the authorization is already in the ledger."""
+        k = new.key
+        async with self.pool.acquire() as conn, conn.transaction():
+            record = await conn.fetchrow(
+                """
+                INSERT INTO settlements (chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
+                    valid_before, network, x402_version, payload_hash, payload, requirements, calldata,
+                    status,
+                    lease_owner, lease_until)
+                VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'received',$15,
+                        now() + make_interval(secs => $16))
+                ON CONFLICT ON CONSTRAINT settlements_authorization_key DO NOTHING
+                RETURNING *
+                """,
+                k.chain_id,
+                k.token,
+                k.payer,
+                k.auth_nonce,
+                new.pay_to,
+                new.amount,
+                new.valid_after,
+                new.valid_before,
+                new.network,
+                new.x402_version,
+                new.payload_hash,
+                new.payload,
+                new.requirements,
+                new.calldata,
+                lease_owner,
+                lease_seconds,
+            )
+            if record is None:
+                return None
+            await _event(conn, record["id"], None, Status.RECEIVED, {"lease_owner": lease_owner})
+            return SettlementRow.from_record(record)
+
+    async def get_by_key(self, key: SettlementKey) -> SettlementRow | None:
+        r = await self.pool.fetchrow(
+            "SELECT * FROM settlements WHERE chain_id=$1 AND token=$2 AND payer=$3 AND auth_nonce=$4",
+            key.chain_id,
+            key.token,
+            key.payer,
+            key.auth_nonce,
+        )
+        return SettlementRow.from_record(r) if r else None
+
+    async def get(self, settlement_id: int) -> SettlementRow | None:
+        r = await self.pool.fetchrow("SELECT * FROM settlements WHERE id=$1", settlement_id)
+        return SettlementRow.from_record(r) if r else None
+
+    async def get_by_tx_hash(self, tx_hash: str) -> SettlementRow | None:
+        r = await self.pool.fetchrow(
+            """SELECT s.* FROM settlements s JOIN settlement_transactions t ON t.settlement_id = s.id
+               WHERE t.tx_hash = $1""",
+            tx_hash.lower(),
+        )
+        return SettlementRow.from_record(r) if r else None
+
+    async def transactions(self, settlement_id: int) -> list[StoredTransaction]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM settlement_transactions WHERE settlement_id=$1 ORDER BY created_at", settlement_id
+        )
+        return [
+            StoredTransaction(
+                r["tx_hash"],
+                r["settlement_id"],
+                r["chain_id"],
+                r["signer"],
+                r["signer_nonce"],
+                bytes(r["raw_tx"]),
+                int(r["max_fee_per_gas"]),
+            )
+            for r in rows
+        ]
+
+    async def sync_signer_nonce(self, chain_id: int, address: str, chain_nonce: int) -> None:
+        """Never moves a nonce backwards: other replicas may have allocated past the chain's view."""
+        await self.pool.execute(
+            """INSERT INTO signer_nonces (chain_id, address, next_nonce) VALUES ($1, $2, $3)
+               ON CONFLICT (chain_id, address)
+               DO UPDATE SET next_nonce = GREATEST(signer_nonces.next_nonce, EXCLUDED.next_nonce)""",
+            chain_id,
+            address,
+            chain_nonce,
+        )
+
+    async def store_transaction(
+        self,
+        row: SettlementRow,
+        signer: str,
+        sign: Callable[[int], Awaitable[SignedTransaction]] | Callable[[int], SignedTransaction],
+    ) -> SignedTransaction:
+        """Allocates the signer's next nonce and stores the signed transaction in one database transaction,
+        so no nonce is ever allocated without a transaction that can be (re)broadcast for it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval("SELECT status FROM settlements WHERE id=$1 FOR UPDATE", row.id)
+            check_transition(Status(current), Status.SUBMITTED)
+            nonce = await conn.fetchval(
+                """UPDATE signer_nonces SET next_nonce = next_nonce + 1
+                   WHERE chain_id=$1 AND address=$2 RETURNING next_nonce - 1""",
+                row.key.chain_id,
+                signer,
+            )
+            if nonce is None:
+                raise RuntimeError(f"signer {signer} has no nonce row; sync_signer_nonce first")
+            result = sign(nonce)
+            signed = await result if not isinstance(result, SignedTransaction) else result
+            await conn.execute(
+                """INSERT INTO settlement_transactions (tx_hash, settlement_id, chain_id, signer,
+                   signer_nonce,
+                   raw_tx, max_fee_per_gas) VALUES ($1,$2,$3,$4,$5,$6,$7)""",
+                signed.tx_hash,
+                row.id,
+                row.key.chain_id,
+                signer,
+                nonce,
+                signed.raw_tx,
+                signed.max_fee_per_gas,
+            )
+            await conn.execute(
+                """UPDATE settlements SET status='submitted', tx_hash=$2, attempts=attempts+1,
+                   submitted_at=COALESCE(submitted_at, now()), updated_at=now() WHERE id=$1""",
+                row.id,
+                signed.tx_hash,
+            )
+            await _event(
+                conn,
+                row.id,
+                Status(current),
+                Status.SUBMITTED,
+                {"tx_hash": signed.tx_hash, "signer": signer, "signer_nonce": nonce},
+            )
+            return signed
+
+    async def rewind_unused_nonce(self, chain_id: int, signer: str, nonce: int, tx_hash: str) -> bool:
+        """Undo an allocation whose transaction the node refused, if no later nonce was handed out."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                """UPDATE signer_nonces SET next_nonce = $3
+                   WHERE chain_id=$1 AND address=$2 AND next_nonce=$3+1
+                   RETURNING next_nonce""",
+                chain_id,
+                signer,
+                nonce,
+            )
+            if done is None:
+                return False
+            await conn.execute("DELETE FROM settlement_transactions WHERE tx_hash=$1", tx_hash)
+            return True
+
+    async def forget_transaction(self, tx_hash: str) -> None:
+        """Drops a transaction the node refused outright (it can never be mined)."""
+        await self.pool.execute("DELETE FROM settlement_transactions WHERE tx_hash=$1", tx_hash)
+
+    async def finish(
+        self,
+        settlement_id: int,
+        new: Status,
+        *,
+        tx_hash: str | None = None,
+        block_number: int | None = None,
+        block_hash: str | None = None,
+        gas_used: int | None = None,
+        error_reason: str | None = None,
+        error_message: str | None = None,
+    ) -> SettlementRow:
+        """Moves a row to a terminal state; if another process got there first, returns its row unchanged."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                "SELECT status FROM settlements WHERE id=$1 FOR UPDATE", settlement_id
+            )
+            if Status(current).terminal:
+                r = await conn.fetchrow("SELECT * FROM settlements WHERE id=$1", settlement_id)
+                assert r is not None
+                return SettlementRow.from_record(r)
+            check_transition(Status(current), new)
+            r = await conn.fetchrow(
+                """UPDATE settlements SET status=$2, tx_hash=COALESCE($3, tx_hash), block_number=$4,
+                   block_hash=$5, gas_used=$6, error_reason=$7, error_message=$8, finalized_at=now(),
+                   updated_at=now(), lease_owner=NULL, lease_until=NULL
+                   WHERE id=$1 RETURNING *""",
+                settlement_id,
+                new.value,
+                tx_hash,
+                block_number,
+                block_hash,
+                gas_used,
+                error_reason,
+                error_message,
+            )
+            await _event(
+                conn,
+                settlement_id,
+                Status(current),
+                new,
+                {
+                    k: v
+                    for k, v in {
+                        "tx_hash": tx_hash,
+                        "block_number": block_number,
+                        "error_reason": error_reason,
+                    }.items()
+                    if v is not None
+                },
+            )
+            assert r is not None
+            return SettlementRow.from_record(r)
+
+    async def release(self, settlement_id: int, owner: str) -> None:
+        await self.pool.execute(
+            "UPDATE settlements SET lease_owner=NULL, lease_until=NULL WHERE id=$1 AND lease_owner=$2",
+            settlement_id,
+            owner,
+        )
+
+    async def claim_in_flight(
+        self, owner: str, lease_seconds: float, limit: int = 100
+    ) -> list[SettlementRow]:
+        """Leases in-flight rows whose owner is gone (lease lapsed) to `owner`."""
+        rows = await self.pool.fetch(
+            """UPDATE settlements SET lease_owner=$1, lease_until=now() + make_interval(secs => $2)
+               WHERE id IN (SELECT id FROM settlements
+                            WHERE status IN ('received','submitted')
+                              AND (lease_until IS NULL OR lease_until < now())
+                            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+               RETURNING *""",
+            owner,
+            lease_seconds,
+            limit,
+        )
+        return [SettlementRow.from_record(r) for r in rows]
+
+    async def claim_one(self, settlement_id: int, owner: str, lease_seconds: float) -> SettlementRow | None:
+        r = await self.pool.fetchrow(
+            """UPDATE settlements SET lease_owner=$2, lease_until=now() + make_interval(secs => $3)
+               WHERE id=$1 AND status IN ('received','submitted')
+                 AND (lease_until IS NULL OR lease_until < now() OR lease_owner=$2)
+               RETURNING *""",
+            settlement_id,
+            owner,
+            lease_seconds,
+        )
+        return SettlementRow.from_record(r) if r else None
+
+    async def count_in_flight(self) -> int:
+        return int(
+            await self.pool.fetchval(
+                "SELECT count(*) FROM settlements WHERE status IN ('received','submitted')"
+            )
+        )
+
+    async def events(self, settlement_id: int) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT from_status, to_status, detail, at FROM settlement_events"
+            " WHERE settlement_id=$1 ORDER BY id",
+            settlement_id,
+        )
+        return [dict(r) for r in rows]
+
+
+async def _event(
+    conn: Any, settlement_id: int, old: Status | None, new: Status, detail: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO settlement_events (settlement_id, from_status, to_status, detail) VALUES ($1,$2,$3,$4)",
+        settlement_id,
+        old.value if old else None,
+        new.value,
+        detail,
+    )

@@ -1,0 +1,155 @@
+"""The reconciler owns in-flight rows whose first owner is gone (crash, restart, timeout) and resolves
+each one from the chain:
+
+- received, nothing sent: verify again; send, or fail with the reason.
+- submitted and mined (any of its transactions): confirm or fail from the receipt.
+- submitted, not mined, still known to the node: broadcast the same bytes again and keep waiting.
+- submitted, unknown to the node, signer nonce not yet used: re-broadcast the stored bytes.
+- submitted, signer nonce consumed by another transaction: if the authorization is still unused,
+  send a fresh transaction; if it is used, the transfer happened elsewhere: fail as nonce used.
+
+EIP-3009 nonces make a second transfer of one authorization impossible on-chain, so re-sending is always
+safe: the worst case is a reverted transaction, never a double charge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+
+from shared.evm import calls
+from shared.rpc.errors import RpcError, RpcUnavailable
+from shared.rpc.eth import to_bytes
+from shared.x402 import reasons
+
+from ..exact_evm.payment import Rejected
+from ..wire import BadRequest, payment_from_wire
+from .ledger import SettlementRow
+from .states import Status
+
+if TYPE_CHECKING:
+    from .service import SettlementService
+
+log = structlog.get_logger(__name__)
+
+
+async def reconcile_row(
+    service: SettlementService, row: SettlementRow, *, wait: float = 0.0
+) -> SettlementRow:
+    network = service.networks.get(row.key.chain_id)
+    if network is None:
+        return row  # a network no longer configured here; another replica may serve it
+    try:
+        if row.status is Status.RECEIVED:
+            return await _resend_or_fail(service, row, wait=wait)
+        return await _resolve_submitted(service, row, wait=wait)
+    except (RpcUnavailable, RpcError) as exc:
+        log.warning("reconcile_deferred", settlement_id=row.id, error=str(exc))
+        return row
+
+
+async def _resend_or_fail(service: SettlementService, row: SettlementRow, *, wait: float) -> SettlementRow:
+    try:
+        payment = payment_from_wire(row.payload, row.requirements)
+        verified = await service.verifier.verify(payment, simulate=True, estimate_gas=True)
+    except Rejected as exc:
+        return await service.ledger.finish(
+            row.id, Status.FAILED, error_reason=exc.reason, error_message=exc.message
+        )
+    except BadRequest as exc:
+        return await service.ledger.finish(
+            row.id, Status.FAILED, error_reason=reasons.INVALID_PAYLOAD, error_message=str(exc)
+        )
+    network = service.networks[row.key.chain_id]
+    await service.submit_and_wait(row, verified, network, wait=wait)
+    fresh = await service.ledger.get(row.id)
+    assert fresh is not None
+    return fresh
+
+
+async def _resolve_submitted(service: SettlementService, row: SettlementRow, *, wait: float) -> SettlementRow:
+    network = service.networks[row.key.chain_id]
+    eth = network.eth
+    txs = await service.ledger.transactions(row.id)
+    receipts = await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+    for tx, receipt in zip(txs, receipts, strict=True):
+        if isinstance(receipt, dict):
+            return await service.finalize(row, receipt, tx.tx_hash)
+    if not txs:
+        return row
+    current = txs[-1]
+    if await eth.get_transaction(current.tx_hash) is not None or (
+        await eth.get_transaction_count(current.signer, "latest") <= current.signer_nonce
+    ):
+        # Pending, or lost by the node while its nonce is still free: the same bytes are still good.
+        with contextlib.suppress(RpcError):
+            await eth.send_raw_transaction(current.raw_tx)
+        if wait > 0:
+            receipt = await network.watcher.wait(current.tx_hash, wait)
+            if receipt is not None:
+                return await service.finalize(row, receipt, current.tx_hash)
+        return row
+    used = calls.decode_bool(
+        to_bytes(
+            await eth.call(
+                row.key.token, calls.authorization_state(row.key.payer, bytes.fromhex(row.key.auth_nonce[2:]))
+            )
+        )
+    )
+    if used:
+        # None of our transactions mined, yet the authorization is spent: cancelled or settled elsewhere.
+        return await service.ledger.finish(
+            row.id,
+            Status.FAILED,
+            error_reason=reasons.NONCE_ALREADY_USED,
+            error_message="authorization was used or cancelled outside this facilitator's transactions",
+        )
+    log.warning("settlement_resend", settlement_id=row.id, dropped=current.tx_hash)
+    try:
+        payment = payment_from_wire(row.payload, row.requirements)
+        verified = await service.verifier.verify(payment, simulate=True, estimate_gas=True)
+    except Rejected as exc:
+        return await service.ledger.finish(
+            row.id, Status.FAILED, error_reason=exc.reason, error_message=exc.message
+        )
+    await service.submit_and_wait(row, verified, network, wait=wait)
+    fresh = await service.ledger.get(row.id)
+    assert fresh is not None
+    return fresh
+
+
+class Reconciler:
+    """Runs at start-up and then every `interval` seconds."""
+
+    def __init__(self, service: SettlementService, *, interval: float) -> None:
+        self.service = service
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> int:
+        rows = await self.service.ledger.claim_in_flight(self.service.owner, self.service.lease_seconds)
+        for row in rows:
+            try:
+                await reconcile_row(self.service, row)
+            finally:
+                await self.service.ledger.release(row.id, self.service.owner)
+        return len(rows)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # keep reconciling: one bad row or a DB blip must not stop the loop
+                log.exception("reconciler_error")
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,346 @@
+"""Settlement: ledger first, then one transaction, then a bounded wait for its receipt.
+
+A repeat of an authorization already in the ledger never sends anything: it waits for (or reads) the
+outcome of the first attempt, so every caller gets the same answer and the same transaction hash."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+
+import orjson
+import structlog
+
+from shared.rpc.errors import RpcError, RpcUnavailable
+from shared.x402 import reasons
+from shared.x402.models import SettleResponse
+
+from ..exact_evm.payment import ExactPayment, Rejected
+from ..exact_evm.verifier import ExactEvmVerifier, VerifiedPayment
+from ..runtime import NetworkRuntime
+from .fees import FeeCapExceeded
+from .ledger import Ledger, NewSettlement, SettlementKey, SettlementRow, SignedTransaction
+from .receipt_checks import receipt_succeeded, transfer_matches
+from .signers import Signer
+from .states import Status
+
+log = structlog.get_logger(__name__)
+
+_DUPLICATE_POLL_SECONDS = 0.05
+
+
+def settlement_key(payment: ExactPayment, chain_id: int) -> SettlementKey:
+    return SettlementKey(
+        chain_id, payment.requirements.asset, payment.payer, "0x" + payment.authorization.nonce.hex()
+    )
+
+
+def payload_hash(payment: ExactPayment) -> str:
+    a = payment.authorization
+    material = orjson.dumps(
+        [
+            a.from_,
+            a.to,
+            a.value,
+            a.valid_after,
+            a.valid_before,
+            a.nonce.hex(),
+            payment.signature.hex(),
+            payment.requirements.asset,
+            payment.requirements.pay_to,
+            payment.requirements.amount,
+        ],
+        option=orjson.OPT_PASSTHROUGH_DATACLASS,
+    )
+    return hashlib.sha256(material).hexdigest()
+
+
+def response_for(row: SettlementRow) -> SettleResponse:
+    """The one answer a settlement row gives, whoever asks and however often."""
+    payer = row.key.payer
+    if row.status is Status.CONFIRMED:
+        return SettleResponse(
+            success=True,
+            transaction=row.tx_hash or "",
+            network=row.network,
+            payer=payer,
+            amount=str(row.amount),
+        )
+    if row.status is Status.FAILED:
+        return SettleResponse(
+            success=False,
+            error_reason=row.error_reason,
+            error_message=row.error_message,
+            transaction=row.tx_hash or "",
+            network=row.network,
+            payer=payer,
+        )
+    return SettleResponse(
+        success=False,
+        error_reason=reasons.SETTLEMENT_PENDING,
+        error_message="the transaction is broadcast and not yet confirmed; settle again or poll /receipt",
+        transaction=row.tx_hash or "",
+        network=row.network,
+        payer=payer,
+    )
+
+
+class SettlementService:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        verifier: ExactEvmVerifier,
+        networks: dict[int, NetworkRuntime],
+        owner: str,
+        lease_seconds: float = 30.0,
+        simulate: bool = True,
+    ) -> None:
+        self.ledger = ledger
+        self.verifier = verifier
+        self.networks = networks
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.simulate = simulate
+        self._local: dict[SettlementKey, asyncio.Future[SettleResponse]] = {}
+
+    async def settle(self, payment: ExactPayment) -> SettleResponse:
+        """Raises Rejected for a payment that fails verification (nothing stored, nothing sent) and
+        RpcUnavailable when the chain cannot be reached before anything was stored."""
+        chain_id = self.verifier.chain_of(payment)
+        key = settlement_key(payment, chain_id)
+        digest = payload_hash(payment)
+
+        existing = self._local.get(key)
+        if existing is not None:
+            return await self._await_local(existing, key, digest)
+        row = await self.ledger.get_by_key(key)
+        if row is not None:
+            return await self._follow(row, digest)
+
+        verified = await self.verifier.verify(payment, simulate=self.simulate, estimate_gas=self.simulate)
+        network = self.networks[chain_id]
+        new = NewSettlement(
+            key=key,
+            pay_to=payment.requirements.pay_to,
+            amount=payment.authorization.value,
+            valid_after=payment.authorization.valid_after,
+            valid_before=payment.authorization.valid_before,
+            network=payment.network,
+            x402_version=payment.x402_version,
+            payload_hash=digest,
+            payload=payment.wire_payload,
+            requirements=payment.wire_requirements,
+            calldata=verified.calldata,
+        )
+        fut: asyncio.Future[SettleResponse] = asyncio.get_running_loop().create_future()
+        self._local[key] = fut
+        try:
+            row = await self.ledger.insert(new, lease_owner=self.owner, lease_seconds=self.lease_seconds)
+            if row is None:  # another replica stored it between our read and our insert
+                other = await self.ledger.get_by_key(key)
+                assert other is not None
+                result = await self._follow(other, digest)
+            else:
+                result = await self.submit_and_wait(row, verified, network)
+            fut.set_result(result)
+            return result
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: duplicates re-raise it themselves
+            raise
+        finally:
+            self._local.pop(key, None)
+
+    async def _await_local(
+        self, fut: asyncio.Future[SettleResponse], key: SettlementKey, digest: str
+    ) -> SettleResponse:
+        try:
+            return await asyncio.shield(fut)
+        except Exception:
+            row = await self.ledger.get_by_key(key)
+            if row is None:
+                raise
+            return await self._follow(row, digest)
+
+    async def _follow(self, row: SettlementRow, digest: str) -> SettleResponse:
+        """Answer a repeat: same payload gets the first attempt's outcome, a different one is refused."""
+        if row.payload_hash != digest:
+            raise Rejected(
+                reasons.NONCE_ALREADY_USED,
+                "this authorization nonce was already presented with a different payload",
+                row.key.payer,
+            )
+        timeout = self.networks[row.key.chain_id].settings.receipt_timeout_seconds
+        deadline = time.monotonic() + timeout
+        while not row.status.terminal and time.monotonic() < deadline:
+            # The first attempt's process may be gone; if its lease lapsed, take the row over.
+            if row.lease_until is not None and row.lease_owner != self.owner:
+                claimed = await self.ledger.claim_one(row.id, self.owner, self.lease_seconds)
+                if claimed is not None:
+                    row = await self.reconcile(claimed, wait=deadline - time.monotonic())
+                    continue
+            await asyncio.sleep(_DUPLICATE_POLL_SECONDS)
+            fresh = await self.ledger.get(row.id)
+            assert fresh is not None
+            row = fresh
+        return response_for(row)
+
+    async def submit_and_wait(
+        self,
+        row: SettlementRow,
+        verified: VerifiedPayment,
+        network: NetworkRuntime,
+        *,
+        wait: float | None = None,
+    ) -> SettleResponse:
+        try:
+            signed, signer = await self._submit(row, verified, network)
+        except _SubmitFailed as exc:
+            failed = await self.ledger.finish(
+                row.id,
+                Status.FAILED,
+                error_reason=exc.reason,
+                error_message=exc.message,
+                tx_hash="" if exc.clear_tx else None,
+            )
+            return response_for(failed)
+        timeout = network.settings.receipt_timeout_seconds if wait is None else max(wait, 0.0)
+        try:
+            receipt = await network.watcher.wait(signed.tx_hash, timeout)
+        finally:
+            network.signers.release(signer)
+        if receipt is None:
+            log.info("settlement_pending", settlement_id=row.id, tx_hash=signed.tx_hash)
+            pending = await self.ledger.get(row.id)
+            assert pending is not None
+            return response_for(pending)
+        return response_for(await self.finalize(row, receipt, signed.tx_hash))
+
+    async def _submit(
+        self, row: SettlementRow, verified: VerifiedPayment, network: NetworkRuntime
+    ) -> tuple[SignedTransaction, Signer]:
+        """Stores and broadcasts one transaction; the caller owns releasing the signer."""
+        gas = verified.gas_estimate
+        if gas is None:
+            try:
+                gas = await network.eth.estimate_gas(
+                    network.signers.addresses[0], verified.token.address, verified.calldata
+                )
+            except RpcError as exc:
+                raise _SubmitFailed(reasons.SIMULATION_FAILED, exc.revert_reason) from None
+        gas_limit = int(gas * network.settings.gas_limit_multiplier)
+        try:
+            fees = await network.fees.quote()
+        except FeeCapExceeded as exc:
+            raise _SubmitFailed(reasons.UNEXPECTED_SETTLE_ERROR, str(exc)) from None
+
+        tried: set[str] = set()
+        last_error = "no signer could broadcast"
+        while len(tried) < len(network.signers.signers):
+            signer = network.signers.pick(avoid=tried)
+            tried.add(signer.address)
+            network.signers.acquire(signer)
+            signed = await self.ledger.store_transaction(
+                row,
+                signer.address,
+                lambda nonce, s=signer: s.sign_call(
+                    chain_id=network.chain_id,
+                    nonce=nonce,
+                    to=verified.token.address,
+                    data=verified.calldata,
+                    gas=gas_limit,
+                    fees=fees,
+                ),
+            )
+            try:
+                await network.eth.send_raw_transaction(signed.raw_tx)
+                return signed, signer
+            except RpcUnavailable:
+                # Stored and maybe sent: the reconciler re-broadcasts the same bytes. Not a failure.
+                return signed, signer
+            except RpcError as exc:
+                if _already_known(exc):
+                    return signed, signer
+                last_error = exc.message
+                log.warning(
+                    "broadcast_refused", settlement_id=row.id, signer=signer.address, error=exc.message
+                )
+                if not await self._undo_refused(network, signer, signed, exc):
+                    # Later nonces of this key are out: leaving a hole would stall them, so the stored
+                    # transaction stays and the reconciler keeps re-broadcasting it.
+                    return signed, signer
+                network.signers.release(signer)
+                fresh = await self.ledger.get(row.id)
+                assert fresh is not None
+                row = fresh
+        raise _SubmitFailed(
+            reasons.UNEXPECTED_SETTLE_ERROR, f"broadcast refused: {last_error}", clear_tx=True
+        )
+
+    async def _undo_refused(
+        self, network: NetworkRuntime, signer: Signer, signed: SignedTransaction, exc: RpcError
+    ) -> bool:
+        """True when the refused transaction is gone from the ledger and its nonce free again."""
+        if "nonce too low" in exc.message.lower():
+            # Someone used this key outside the facilitator: catch the shared counter up with the chain.
+            chain_nonce = await network.eth.get_transaction_count(signer.address, "pending")
+            await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
+            await self.ledger.forget_transaction(signed.tx_hash)
+            return True
+        return await self.ledger.rewind_unused_nonce(
+            network.chain_id, signer.address, signed.nonce, signed.tx_hash
+        )
+
+    async def finalize(self, row: SettlementRow, receipt: dict[str, Any], tx_hash: str) -> SettlementRow:
+        block_number = int(receipt["blockNumber"], 16)
+        gas_used = int(receipt.get("gasUsed", "0x0"), 16)
+        common: dict[str, Any] = dict(
+            tx_hash=tx_hash, block_number=block_number, block_hash=receipt.get("blockHash"), gas_used=gas_used
+        )
+        if not receipt_succeeded(receipt):
+            return await self.ledger.finish(
+                row.id,
+                Status.FAILED,
+                error_reason=reasons.TRANSACTION_FAILED,
+                error_message="transferWithAuthorization reverted on-chain",
+                **common,
+            )
+        mismatch = transfer_matches(
+            receipt,
+            token=row.key.token,
+            payer=row.key.payer,
+            pay_to=row.pay_to,
+            amount=row.amount,
+            auth_nonce=row.key.auth_nonce,
+        )
+        if mismatch:
+            return await self.ledger.finish(
+                row.id,
+                Status.FAILED,
+                error_reason=reasons.TRANSFER_EVENT_MISMATCH,
+                error_message=mismatch,
+                **common,
+            )
+        return await self.ledger.finish(row.id, Status.CONFIRMED, **common)
+
+    async def reconcile(self, row: SettlementRow, *, wait: float = 0.0) -> SettlementRow:
+        """Drives one leased in-flight row as far as the chain allows right now (see reconciler.py)."""
+        from .reconciler import reconcile_row
+
+        return await reconcile_row(self, row, wait=wait)
+
+
+class _SubmitFailed(Exception):
+    def __init__(self, reason: str, message: str, *, clear_tx: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.clear_tx = clear_tx
+
+
+def _already_known(exc: RpcError) -> bool:
+    text = exc.message.lower()
+    return "already known" in text or "already imported" in text or "known transaction" in text
