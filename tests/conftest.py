@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.database", "tests.fixtures.chain"]
+pytest_plugins = ["tests.fixtures.database", "tests.fixtures.chain", "tests.fixtures.facilitator"]

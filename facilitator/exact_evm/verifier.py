@@ -33,8 +33,13 @@ class VerifiedPayment:
     chain_id: int
     token: Token
     plan: SignaturePlan
-    calldata: bytes  # the transferWithAuthorization call settlement sends
+    calldata: bytes  # what settlement sends to `target`
     gas_estimate: int | None = None  # set when the simulation was an eth_estimateGas
+    target: str = ""  # the token, or Multicall3 when a counterfactual wallet is deployed in the same tx
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            object.__setattr__(self, "target", self.token.address)
 
     @property
     def payer(self) -> str:
@@ -150,10 +155,21 @@ class ExactEvmVerifier:
         if not payer_code:
             if wrapped:
                 plan = plan_for_counterfactual(payment.signature, payer, chain.eip6492_factories)
-                calldata = transfer_calldata(payment, plan)
+                transfer = transfer_calldata(payment, plan)
+                gas = None
                 if simulate:
-                    await self._simulate_counterfactual(chain, token, payment, plan, calldata)
-                return VerifiedPayment(payment, token.chain_id, token, plan, calldata)
+                    gas = await self._simulate_counterfactual(
+                        chain, token, payment, plan, transfer, estimate_gas
+                    )
+                assert plan.deployment is not None
+                # Deploy and transfer atomically: a deployed wallet with a failed transfer helps nobody.
+                bundle = calls.try_aggregate(
+                    [(plan.deployment.factory, plan.deployment.factory_calldata), (token.address, transfer)],
+                    require_success=True,
+                )
+                return VerifiedPayment(
+                    payment, token.chain_id, token, plan, bundle, gas, calls.MULTICALL3_ADDRESS
+                )
             if eoa_error is not None:
                 raise eoa_error
             assert eoa_plan is not None
@@ -179,8 +195,14 @@ class ExactEvmVerifier:
         return VerifiedPayment(payment, token.chain_id, token, plan, calldata, gas)
 
     async def _simulate_counterfactual(
-        self, chain: ChainView, token: Token, payment: ExactPayment, plan: SignaturePlan, calldata: bytes
-    ) -> None:
+        self,
+        chain: ChainView,
+        token: Token,
+        payment: ExactPayment,
+        plan: SignaturePlan,
+        calldata: bytes,
+        estimate_gas: bool,
+    ) -> int | None:
         assert plan.deployment is not None
         data = calls.try_aggregate(
             [(plan.deployment.factory, plan.deployment.factory_calldata), (token.address, calldata)]
@@ -207,6 +229,24 @@ class ExactEvmVerifier:
         if not results[1][0]:
             reason = calls.decode_revert_reason(results[1][1]) or "reverted"
             raise await self._diagnose(chain, token, payment, RpcError(3, f"execution reverted: {reason}"))
+        if not estimate_gas:
+            return None
+        bundle = calls.try_aggregate(
+            [(plan.deployment.factory, plan.deployment.factory_calldata), (token.address, calldata)],
+            require_success=True,
+        )
+        try:
+            return to_int(
+                await chain.eth.rpc.call(
+                    "eth_estimateGas", [_tx(chain.simulate_from, calls.MULTICALL3_ADDRESS, bundle)]
+                )
+            )
+        except RpcError as exc:
+            raise Rejected(
+                reasons.SIMULATION_FAILED,
+                f"counterfactual gas estimate failed: {exc.revert_reason}",
+                payment.payer,
+            ) from None
 
     async def _diagnose(
         self, chain: ChainView, token: Token, payment: ExactPayment, failure: RpcError

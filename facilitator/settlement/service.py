@@ -227,7 +227,7 @@ class SettlementService:
         if gas is None:
             try:
                 gas = await network.eth.estimate_gas(
-                    network.signers.addresses[0], verified.token.address, verified.calldata
+                    network.signers.addresses[0], verified.target, verified.calldata
                 )
             except RpcError as exc:
                 raise _SubmitFailed(reasons.SIMULATION_FAILED, exc.revert_reason) from None
@@ -249,7 +249,7 @@ class SettlementService:
                 lambda nonce, s=signer: s.sign_call(
                     chain_id=network.chain_id,
                     nonce=nonce,
-                    to=verified.token.address,
+                    to=verified.target,
                     data=verified.calldata,
                     gas=gas_limit,
                     fees=fees,

@@ -63,6 +63,7 @@ class DevChain:
         try:
             deployment = usdc.deploy_usdc(rpc, address=usdc_address, name=usdc_name)
             factory = contracts.deploy_wallet_factory(rpc, DEPLOYER_KEY)
+            contracts.install_multicall(rpc)
         except BaseException:
             rpc.close()
             anvil.stop()

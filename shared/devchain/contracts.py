@@ -144,3 +144,14 @@ def _salt32(salt: bytes) -> bytes:
         raise ValueError("salt longer than 32 bytes")
     # Left-padded like a uint256, so small integer salts (b"\x01") mean the same thing everywhere.
     return salt.rjust(32, b"\0")
+
+
+MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
+
+
+def install_multicall(rpc: Rpc) -> str:
+    """Puts a Multicall3-compatible `tryAggregate` at Multicall3's canonical address, where public chains
+    have it, so ERC-6492 simulation works on the dev chain as it does on Base."""
+    artifact = load_artifact("Multicall")
+    rpc.set_code(MULTICALL3_ADDRESS, bytes.fromhex(artifact.deployed_bytecode_hex.removeprefix("0x")))
+    return MULTICALL3_ADDRESS
