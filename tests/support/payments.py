@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Any
@@ -89,7 +90,8 @@ def digest(chain: DevChain, auth: Authorization) -> bytes:
 
 
 def v2_body(requirements: dict[str, Any], auth: Authorization, signature: bytes) -> dict[str, Any]:
-    payload = {"x402Version": 2, "accepted": requirements, "payload": exact_payload(auth, signature)}
+    accepted = copy.deepcopy(requirements)
+    payload = {"x402Version": 2, "accepted": accepted, "payload": exact_payload(auth, signature)}
     return {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": requirements}
 
 
