@@ -361,7 +361,7 @@ class Ledger:
         r = await self.pool.fetchrow(
             """UPDATE settlements SET lease_owner=$2, lease_until=now() + make_interval(secs => $3)
                WHERE id=$1 AND status IN ('received','submitted')
-                 AND (lease_until IS NULL OR lease_until < now() OR lease_owner=$2)
+                 AND (lease_until IS NULL OR lease_until < now())
                RETURNING *""",
             settlement_id,
             owner,

@@ -36,21 +36,23 @@ log = structlog.get_logger(__name__)
 
 
 async def reconcile_row(
-    service: SettlementService, row: SettlementRow, *, wait: float = 0.0
+    service: SettlementService, row: SettlementRow, *, attempt: str, wait: float = 0.0
 ) -> SettlementRow:
     network = service.networks.get(row.key.chain_id)
     if network is None:
         return row  # a network no longer configured here; another replica may serve it
     try:
         if row.status is Status.RECEIVED:
-            return await _resend_or_fail(service, row, wait=wait)
-        return await _resolve_submitted(service, row, wait=wait)
+            return await _resend_or_fail(service, row, attempt=attempt, wait=wait)
+        return await _resolve_submitted(service, row, attempt=attempt, wait=wait)
     except (RpcUnavailable, RpcError) as exc:
         log.warning("reconcile_deferred", settlement_id=row.id, error=str(exc))
         return row
 
 
-async def _resend_or_fail(service: SettlementService, row: SettlementRow, *, wait: float) -> SettlementRow:
+async def _resend_or_fail(
+    service: SettlementService, row: SettlementRow, *, attempt: str, wait: float
+) -> SettlementRow:
     try:
         payment = payment_from_wire(row.payload, row.requirements)
         verified = await service.verifier.verify(payment, simulate=True, estimate_gas=True)
@@ -63,13 +65,15 @@ async def _resend_or_fail(service: SettlementService, row: SettlementRow, *, wai
             row.id, Status.FAILED, error_reason=reasons.INVALID_PAYLOAD, error_message=str(exc)
         )
     network = service.networks[row.key.chain_id]
-    await service.submit_and_wait(row, verified, network, wait=wait)
+    await service.submit_and_wait(row, verified, network, attempt=attempt, wait=wait)
     fresh = await service.ledger.get(row.id)
     assert fresh is not None
     return fresh
 
 
-async def _resolve_submitted(service: SettlementService, row: SettlementRow, *, wait: float) -> SettlementRow:
+async def _resolve_submitted(
+    service: SettlementService, row: SettlementRow, *, attempt: str, wait: float
+) -> SettlementRow:
     network = service.networks[row.key.chain_id]
     eth = network.eth
     txs = await service.ledger.transactions(row.id)
@@ -114,7 +118,7 @@ async def _resolve_submitted(service: SettlementService, row: SettlementRow, *, 
         return await service.ledger.finish(
             row.id, Status.FAILED, error_reason=exc.reason, error_message=exc.message
         )
-    await service.submit_and_wait(row, verified, network, wait=wait)
+    await service.submit_and_wait(row, verified, network, attempt=attempt, wait=wait)
     fresh = await service.ledger.get(row.id)
     assert fresh is not None
     return fresh
@@ -129,12 +133,13 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
-        rows = await self.service.ledger.claim_in_flight(self.service.owner, self.service.lease_seconds)
+        attempt = self.service.attempt_id()
+        rows = await self.service.ledger.claim_in_flight(attempt, self.service.lease_seconds)
         for row in rows:
             try:
-                await reconcile_row(self.service, row)
+                await reconcile_row(self.service, row, attempt=attempt)
             finally:
-                await self.service.ledger.release(row.id, self.service.owner)
+                await self.service.ledger.release(row.id, attempt)
         return len(rows)
 
     def start(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -106,6 +107,10 @@ class SettlementService:
         self.simulate = simulate
         self._local: dict[SettlementKey, asyncio.Future[SettleResponse]] = {}
 
+    def attempt_id(self) -> str:
+        """Leases belong to one attempt, not to a process: two callers in one process must not share one."""
+        return f"{self.owner}/{uuid.uuid4().hex[:12]}"
+
     async def settle(self, payment: ExactPayment) -> SettleResponse:
         """Raises Rejected for a payment that fails verification (nothing stored, nothing sent) and
         RpcUnavailable when the chain cannot be reached before anything was stored."""
@@ -116,12 +121,26 @@ class SettlementService:
         existing = self._local.get(key)
         if existing is not None:
             return await self._await_local(existing, key, digest)
+        fut: asyncio.Future[SettleResponse] = asyncio.get_running_loop().create_future()
+        self._local[key] = fut
+        try:
+            result = await self._settle_new(payment, key, digest, chain_id)
+            fut.set_result(result)
+            return result
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: duplicates re-raise it themselves
+            raise
+        finally:
+            self._local.pop(key, None)
+
+    async def _settle_new(
+        self, payment: ExactPayment, key: SettlementKey, digest: str, chain_id: int
+    ) -> SettleResponse:
         row = await self.ledger.get_by_key(key)
         if row is not None:
             return await self._follow(row, digest)
-
         verified = await self.verifier.verify(payment, simulate=self.simulate, estimate_gas=self.simulate)
-        network = self.networks[chain_id]
         new = NewSettlement(
             key=key,
             pay_to=payment.requirements.pay_to,
@@ -135,24 +154,13 @@ class SettlementService:
             requirements=payment.wire_requirements,
             calldata=verified.calldata,
         )
-        fut: asyncio.Future[SettleResponse] = asyncio.get_running_loop().create_future()
-        self._local[key] = fut
-        try:
-            row = await self.ledger.insert(new, lease_owner=self.owner, lease_seconds=self.lease_seconds)
-            if row is None:  # another replica stored it between our read and our insert
-                other = await self.ledger.get_by_key(key)
-                assert other is not None
-                result = await self._follow(other, digest)
-            else:
-                result = await self.submit_and_wait(row, verified, network)
-            fut.set_result(result)
-            return result
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: duplicates re-raise it themselves
-            raise
-        finally:
-            self._local.pop(key, None)
+        attempt = self.attempt_id()
+        row = await self.ledger.insert(new, lease_owner=attempt, lease_seconds=self.lease_seconds)
+        if row is None:  # another replica stored it between our read and our insert
+            other = await self.ledger.get_by_key(key)
+            assert other is not None
+            return await self._follow(other, digest)
+        return await self.submit_and_wait(row, verified, self.networks[chain_id], attempt=attempt)
 
     async def _await_local(
         self, fut: asyncio.Future[SettleResponse], key: SettlementKey, digest: str
@@ -176,12 +184,18 @@ class SettlementService:
         timeout = self.networks[row.key.chain_id].settings.receipt_timeout_seconds
         deadline = time.monotonic() + timeout
         while not row.status.terminal and time.monotonic() < deadline:
-            # The first attempt's process may be gone; if its lease lapsed, take the row over.
-            if row.lease_until is not None and row.lease_owner != self.owner:
-                claimed = await self.ledger.claim_one(row.id, self.owner, self.lease_seconds)
-                if claimed is not None:
-                    row = await self.reconcile(claimed, wait=deadline - time.monotonic())
-                    continue
+            # Nobody may be driving this row any more (the first caller got a pending answer, or its
+            # process died): claim it when its lease allows, and resolve it from the chain.
+            attempt = self.attempt_id()
+            claimed = await self.ledger.claim_one(row.id, attempt, self.lease_seconds)
+            if claimed is not None:
+                try:
+                    row = await self.reconcile(
+                        claimed, attempt=attempt, wait=max(deadline - time.monotonic(), 0.0)
+                    )
+                finally:
+                    await self.ledger.release(row.id, attempt)
+                continue
             await asyncio.sleep(_DUPLICATE_POLL_SECONDS)
             fresh = await self.ledger.get(row.id)
             assert fresh is not None
@@ -194,6 +208,7 @@ class SettlementService:
         verified: VerifiedPayment,
         network: NetworkRuntime,
         *,
+        attempt: str,
         wait: float | None = None,
     ) -> SettleResponse:
         try:
@@ -214,6 +229,9 @@ class SettlementService:
             network.signers.release(signer)
         if receipt is None:
             log.info("settlement_pending", settlement_id=row.id, tx_hash=signed.tx_hash)
+            # Hand the row over now rather than when the lease lapses: a repeat settle or the reconciler
+            # picks it up at once.
+            await self.ledger.release(row.id, attempt)
             pending = await self.ledger.get(row.id)
             assert pending is not None
             return response_for(pending)
@@ -326,11 +344,11 @@ class SettlementService:
             )
         return await self.ledger.finish(row.id, Status.CONFIRMED, **common)
 
-    async def reconcile(self, row: SettlementRow, *, wait: float = 0.0) -> SettlementRow:
+    async def reconcile(self, row: SettlementRow, *, attempt: str, wait: float = 0.0) -> SettlementRow:
         """Drives one leased in-flight row as far as the chain allows right now (see reconciler.py)."""
         from .reconciler import reconcile_row
 
-        return await reconcile_row(self, row, wait=wait)
+        return await reconcile_row(self, row, attempt=attempt, wait=wait)
 
 
 class _SubmitFailed(Exception):

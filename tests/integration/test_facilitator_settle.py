@@ -1,0 +1,167 @@
+"""Settlement: idempotency under concurrency, throughput without failures, pending answers, RPC failover."""
+
+import asyncio
+import os
+
+import asyncpg
+import pytest
+from eth_account import Account
+
+from shared.devchain.constants import DEV_ACCOUNT_KEYS
+from shared.x402 import reasons
+from tests.fixtures.facilitator import free_port
+from tests.support.payments import authorization, new_address, paid_request, requirements_v2, sign, v2_body
+
+pytestmark = pytest.mark.integration
+
+
+async def _tx_count(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM settlement_transactions"))
+    finally:
+        await conn.close()
+
+
+async def test_twenty_concurrent_settles_of_one_authorization(dev_chain, facilitator, fresh_database):
+    payer = dev_chain.new_payer(1_000_000)
+    body = paid_request(dev_chain, payer, 25_000)
+    pay_to = body["paymentRequirements"]["payTo"]
+
+    responses = await asyncio.gather(*(facilitator.post("/settle", body) for _ in range(20)))
+    answers = [r.json() for r in responses]
+    assert all(r.status_code == 200 for r in responses)
+    assert answers[0]["success"] is True, answers[0]
+    assert all(a == answers[0] for a in answers), answers
+    assert await _tx_count(fresh_database) == 1
+    assert dev_chain.balance_of(pay_to) == 25_000
+
+    again = (await facilitator.post("/settle", body)).json()
+    assert again == answers[0]
+
+
+async def test_two_replicas_on_one_database_send_one_transaction(
+    dev_chain, start_facilitator, fresh_database
+):
+    first, second = await start_facilitator(), await start_facilitator()
+    payer = dev_chain.new_payer(1_000_000)
+    body = paid_request(dev_chain, payer, 7_000)
+    responses = await asyncio.gather(
+        *(fac.post("/settle", body) for fac in (first, second) for _ in range(5))
+    )
+    answers = [r.json() for r in responses]
+    assert answers[0]["success"] is True, answers[0]
+    assert all(a == answers[0] for a in answers)
+    assert await _tx_count(fresh_database) == 1
+    assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == 7_000
+
+
+async def test_same_nonce_with_another_payload_is_refused(dev_chain, facilitator):
+    payer = dev_chain.new_payer(1_000_000)
+    nonce = os.urandom(32)
+    first_to, second_to = new_address(), new_address()
+    first_auth = authorization(payer.address, first_to, 1_000, nonce=nonce)
+    first = v2_body(
+        requirements_v2(dev_chain, first_to, 1_000), first_auth, sign(dev_chain, payer.key.hex(), first_auth)
+    )
+    assert (await facilitator.post("/settle", first)).json()["success"] is True
+
+    second_auth = authorization(payer.address, second_to, 1_000, nonce=nonce)
+    second = v2_body(
+        requirements_v2(dev_chain, second_to, 1_000),
+        second_auth,
+        sign(dev_chain, payer.key.hex(), second_auth),
+    )
+    answer = (await facilitator.post("/settle", second)).json()
+    assert answer["success"] is False
+    assert answer["errorReason"] == reasons.NONCE_ALREADY_USED
+    assert dev_chain.balance_of(second_to) == 0
+
+
+async def test_two_hundred_payments_at_concurrency_32(dev_chain, facilitator, fresh_database):
+    payers = [dev_chain.new_payer(1_000_000) for _ in range(20)]
+    bodies = [paid_request(dev_chain, payers[i % 20], 1_000 + i) for i in range(200)]
+    gate = asyncio.Semaphore(32)
+
+    async def settle(body):
+        async with gate:
+            return await facilitator.post("/settle", body)
+
+    answers = [r.json() for r in await asyncio.gather(*(settle(b) for b in bodies))]
+    failures = [a for a in answers if not a.get("success")]
+    assert failures == []
+    assert len({a["transaction"] for a in answers}) == 200
+    for body in bodies[::17]:
+        req = body["paymentRequirements"]
+        assert dev_chain.balance_of(req["payTo"]) == int(req["amount"])
+    assert await _tx_count(fresh_database) == 200
+
+
+async def test_pending_answer_then_the_same_hash_once_mined(dev_chain, start_facilitator):
+    fac = await start_facilitator(network={"receipt_timeout_seconds": 0.5})
+    payer = dev_chain.new_payer(1_000_000)
+    body = paid_request(dev_chain, payer, 3_000)
+    dev_chain.rpc.request("evm_setAutomine", [False])
+    try:
+        pending = (await fac.post("/settle", body)).json()
+    finally:
+        dev_chain.rpc.request("evm_setAutomine", [True])
+    assert pending["success"] is False
+    assert pending["errorReason"] == reasons.SETTLEMENT_PENDING
+    assert pending["transaction"].startswith("0x")
+    dev_chain.rpc.request("evm_mine", [])
+    done = (await fac.post("/settle", body)).json()
+    assert done["success"] is True, done
+    assert done["transaction"] == pending["transaction"]
+    assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == 3_000
+
+
+async def test_first_rpc_url_dead_second_alive(dev_chain, start_facilitator):
+    dead = f"http://127.0.0.1:{free_port()}"
+    fac = await start_facilitator(network={"rpc_urls": [dead, dev_chain.rpc_url]})
+    payer = dev_chain.new_payer(1_000_000)
+    body = paid_request(dev_chain, payer, 4_000)
+    assert (await fac.post("/verify", body)).json()["isValid"] is True
+    answer = (await fac.post("/settle", body)).json()
+    assert answer["success"] is True, answer
+    assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == 4_000
+    ready = (await fac.get("/ready")).json()
+    rpc_status = list(ready["networks"][dev_chain.network]["rpc"].values())
+    assert [r["ok"] for r in rpc_status] == [False, True]
+
+
+async def test_all_rpc_urls_dead_is_a_503_not_a_verdict(dev_chain, start_facilitator, fresh_database):
+    fac = await start_facilitator(network={"rpc_urls": [f"http://127.0.0.1:{free_port()}"]})
+    body = paid_request(dev_chain, dev_chain.new_payer(1_000), 1_000)
+    for path in ("/verify", "/settle"):
+        resp = await fac.post(path, body)
+        assert resp.status_code == 503
+        assert resp.json()["reason"] == reasons.NETWORK_UNAVAILABLE
+    assert await _tx_count(fresh_database) == 0
+
+
+async def test_receipt_for_unknown_and_foreign_hashes(dev_chain, facilitator):
+    assert (await facilitator.get("/receipt/0x1234")).status_code == 400
+    assert (await facilitator.get("/receipt/0x" + "ab" * 32)).status_code == 404
+
+
+async def test_receipt_from_chain_for_a_transfer_sent_elsewhere(dev_chain, facilitator):
+    # Someone else relays an authorization straight to the token; /receipt still answers from the chain.
+    payer = dev_chain.new_payer(1_000_000)
+    pay_to = new_address()
+    auth = authorization(payer.address, pay_to, 2_500)
+    sig = sign(dev_chain, payer.key.hex(), auth)
+    from facilitator.exact_evm.signature_check import ecdsa_signer
+    from shared.evm import calls
+
+    ecdsa, _, _ = ecdsa_signer(b"\x00" * 32, sig)
+    assert ecdsa is not None
+    relayer = Account.from_key(DEV_ACCOUNT_KEYS[5])  # not one of the facilitator's keys
+    receipt = dev_chain.rpc.send_transaction(
+        relayer.key.hex(), to=dev_chain.usdc.address, data=calls.transfer_with_authorization_vrs(auth, ecdsa)
+    )
+    doc = (await facilitator.get(f"/receipt/{receipt.tx_hash}")).json()
+    assert doc["receipt"]["source"] == "chain"
+    assert doc["receipt"]["status"] == "confirmed"
+    assert doc["receipt"]["payer"] == payer.address
+    assert doc["receipt"]["amount"] == "2500"
