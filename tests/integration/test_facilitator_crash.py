@@ -1,0 +1,137 @@
+"""A facilitator SIGKILLed between broadcast and receipt loses nothing and charges nothing twice."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.fixtures.facilitator import API_KEY, free_port
+from tests.support.payments import paid_request
+
+pytestmark = pytest.mark.integration
+
+
+class FacilitatorProcess:
+    def __init__(self, dev_chain, dsn: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "X402_NETWORK": dev_chain.network,
+            "X402_RPC_URLS": dev_chain.rpc_url,
+            "X402_SIGNER_KEYS": ",".join(dev_chain.facilitator_keys),
+            "X402_API_KEYS": API_KEY,
+            "DATABASE_URL": dsn,
+            "X402_PORT": str(self.port),
+            "X402_SETTLE_LEASE_SECONDS": "2",
+            "X402_RECONCILE_INTERVAL_SECONDS": "0.5",
+            "X402_LOG_LEVEL": "WARNING",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "facilitator.cli"], env=self.env)
+        async with httpx.AsyncClient() as http:
+            for _ in range(200):
+                try:
+                    if (await http.get(self.url + "/health")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                assert self.proc.poll() is None, "facilitator exited during start-up"
+                await asyncio.sleep(0.05)
+        raise RuntimeError("facilitator did not come up")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+async def _settle(url: str, body: dict) -> dict:
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        resp = await http.post(url + "/settle", json=body, headers={"authorization": f"Bearer {API_KEY}"})
+        return resp.json()
+
+
+async def _wait_submitted(dsn: str) -> tuple[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(200):
+            row = await conn.fetchrow("SELECT status, tx_hash FROM settlements")
+            if row and row["status"] == "submitted":
+                return row["status"], row["tx_hash"]
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    raise AssertionError("settlement never reached 'submitted'")
+
+
+async def _ledger(dsn: str) -> tuple[list, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT status, tx_hash FROM settlements")
+        txs = await conn.fetchval("SELECT count(*) FROM settlement_transactions")
+        return [dict(r) for r in rows], int(txs)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("node_loses_the_transaction", [False, True], ids=["mined-while-down", "dropped"])
+async def test_sigkill_after_broadcast_then_restart(dev_chain, fresh_database, node_loses_the_transaction):
+    payer = dev_chain.new_payer(1_000_000)
+    body = paid_request(dev_chain, payer, 12_345)
+    pay_to = body["paymentRequirements"]["payTo"]
+    fac = FacilitatorProcess(dev_chain, fresh_database)
+    await fac.start()
+    dev_chain.rpc.request("evm_setAutomine", [False])
+    try:
+        in_flight = asyncio.create_task(_settle(fac.url, body))
+        _, tx_hash = await _wait_submitted(fresh_database)
+        assert dev_chain.rpc.request("eth_getTransactionByHash", [tx_hash]) is not None  # broadcast
+        fac.kill()
+        with pytest.raises(httpx.TransportError):
+            await in_flight
+        if node_loses_the_transaction:
+            dev_chain.rpc.request("anvil_dropTransaction", [tx_hash])
+            assert dev_chain.rpc.request("eth_getTransactionByHash", [tx_hash]) is None
+        else:
+            dev_chain.rpc.request("evm_mine", [])
+    finally:
+        dev_chain.rpc.request("evm_setAutomine", [True])
+
+    await fac.start()  # the reconciler resolves the orphaned row: receipt found, or the same bytes re-sent
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows, _ = await _ledger(fresh_database)
+            if rows[0]["status"] == "confirmed":
+                break
+            await asyncio.sleep(0.1)
+        rows, tx_count = await _ledger(fresh_database)
+        assert rows == [{"status": "confirmed", "tx_hash": tx_hash}]
+        assert tx_count == 1
+
+        again = await _settle(fac.url, body)
+        assert again["success"] is True, again
+        assert again["transaction"] == tx_hash
+        assert dev_chain.balance_of(pay_to) == 12_345
+        assert dev_chain.balance_of(payer.address) == 1_000_000 - 12_345
+        receipt = dev_chain.rpc.request("eth_getTransactionReceipt", [tx_hash])
+        assert receipt["status"] == "0x1"
+        async with httpx.AsyncClient() as http:
+            doc = (await http.get(f"{fac.url}/receipt/{tx_hash}")).json()
+        assert doc["receipt"]["status"] == "confirmed"
+    finally:
+        fac.stop()
