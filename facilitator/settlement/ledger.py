@@ -12,6 +12,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.telemetry.tracing import span
+
 from .states import Status, check_transition
 
 
@@ -127,7 +129,7 @@ class Ledger:
     ) -> SettlementRow | None:
         """The new row, leased to the caller; None when the authorization is already in the ledger."""
         k = new.key
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with span("db.settlement.insert"), self.pool.acquire() as conn, conn.transaction():
             record = await conn.fetchrow(
                 """
                 INSERT INTO settlements (chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
@@ -219,7 +221,7 @@ class Ledger:
     ) -> SignedTransaction:
         """Allocates the signer's next nonce and stores the signed transaction in one database transaction,
         so no nonce is ever allocated without a transaction that can be (re)broadcast for it."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with span("db.settlement.store_transaction"), self.pool.acquire() as conn, conn.transaction():
             current = await conn.fetchval("SELECT status FROM settlements WHERE id=$1 FOR UPDATE", row.id)
             check_transition(Status(current), Status.SUBMITTED)
             nonce = await conn.fetchval(
@@ -292,7 +294,7 @@ class Ledger:
         error_message: str | None = None,
     ) -> SettlementRow:
         """Moves a row to a terminal state; if another process got there first, returns its row unchanged."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with span("db.settlement.finish"), self.pool.acquire() as conn, conn.transaction():
             current = await conn.fetchval(
                 "SELECT status FROM settlements WHERE id=$1 FOR UPDATE", settlement_id
             )

@@ -14,6 +14,7 @@ import httpx
 import orjson
 
 from shared.rpc.errors import RpcError, RpcUnavailable
+from shared.telemetry.tracing import span
 
 Observer = Callable[[str, str, float, bool], None]  # (endpoint, method, seconds, ok)
 
@@ -96,6 +97,10 @@ class JsonRpcClient:
         return out
 
     async def _post(self, body: bytes, method: str) -> Any:
+        async with span("rpc", **{"rpc.method": method}):
+            return await self._post_failover(body, method)
+
+    async def _post_failover(self, body: bytes, method: str) -> Any:
         now = time.monotonic()
         live = [e for e in self._endpoints if e.down_until <= now]
         # When every endpoint is cooling down, try them all anyway rather than fail without asking.
