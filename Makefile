@@ -13,8 +13,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# `npm install`, not `npm ci`: @foundry-rs/anvil lists its other platforms' binaries with empty version
+# ranges, which `npm ci` rejects as a lock mismatch. The lock file still pins what gets installed.
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm install --no-audit --no-fund
 	touch $@
 
 setup: $(VENV)/.installed node_modules/.installed

@@ -39,7 +39,7 @@ class TokenSettings(BaseModel):
 
 class NetworkSettings(BaseModel):
     network: str  # CAIP-2, e.g. eip155:8453
-    rpc_urls: list[str]
+    rpc_urls: list[str] = Field(repr=False)  # hosted RPC URLs often carry API keys
     signer_keys: list[SecretStr]
     tokens: list[TokenSettings] = Field(default_factory=list)  # empty: the built-in USDC for the chain
     max_fee_per_gas_gwei: Decimal = Decimal("100")  # the cap: never pay more than this per gas

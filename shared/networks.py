@@ -31,7 +31,8 @@ def chain_id_of(network: str) -> int:
     """Chain id of a CAIP-2 `eip155:<n>` id or a legacy v1 name."""
     if network.startswith("eip155:"):
         ref = network[len("eip155:") :]
-        if ref.isdigit() and not (len(ref) > 1 and ref.startswith("0")):
+        # ASCII only: str.isdigit() also accepts "²" and Arabic-Indic digits.
+        if ref.isascii() and ref.isdigit() and not (len(ref) > 1 and ref.startswith("0")):
             return int(ref)
         raise UnknownNetwork(f"malformed CAIP-2 network id {network!r}")
     try:

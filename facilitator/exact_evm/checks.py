@@ -27,7 +27,7 @@ def check_scheme_and_network(payment: ExactPayment) -> int:
         raise Rejected(reasons.INVALID_NETWORK, str(exc)) from None
     if payment.x402_version == 2 and not payment.network.startswith("eip155:"):
         raise Rejected(reasons.INVALID_NETWORK, "x402 v2 networks are CAIP-2 ids such as eip155:8453")
-    if paid_on != required_on:
+    if paid_on != required_on or payment.network != reqs.network:
         raise Rejected(
             reasons.NETWORK_MISMATCH, f"payload is for {payment.network}, requirements for {reqs.network}"
         )

@@ -21,7 +21,7 @@ from shared.x402.models import (
     PaymentRequirementsV2,
 )
 
-_UINT = re.compile(r"^[0-9]{1,78}$")
+_UINT = re.compile(r"[0-9]{1,78}")
 _MAX_UINT256 = 2**256 - 1
 
 
@@ -64,7 +64,7 @@ class ExactPayment:
 
 def requirements_from_wire(version: int, data: PaymentRequirementsV1 | PaymentRequirementsV2) -> Requirements:
     amount_text = data.amount if isinstance(data, PaymentRequirementsV2) else data.max_amount_required
-    if not _UINT.match(amount_text) or int(amount_text) > _MAX_UINT256:
+    if not _UINT.fullmatch(amount_text) or int(amount_text) > _MAX_UINT256:
         raise Rejected(reasons.INVALID_PAYMENT_REQUIREMENTS, f"amount {amount_text!r} is not a uint256")
     try:
         asset = normalize_address(data.asset)
@@ -83,7 +83,7 @@ def requirements_from_wire(version: int, data: PaymentRequirementsV1 | PaymentRe
 
 
 def parse_uint(value: str, field: str) -> int:
-    if not _UINT.match(value) or int(value) > _MAX_UINT256:
+    if not _UINT.fullmatch(value) or int(value) > _MAX_UINT256:
         raise Rejected(reasons.MALFORMED_PAYLOAD, f"authorization.{field} must be a decimal uint256")
     return int(value)
 

@@ -40,20 +40,20 @@ def settlement_key(payment: ExactPayment, chain_id: int) -> SettlementKey:
 
 def payload_hash(payment: ExactPayment) -> str:
     a = payment.authorization
+    # uint256 values as strings: JSON integers (and orjson) stop at 64 bits.
     material = orjson.dumps(
         [
             a.from_,
             a.to,
-            a.value,
-            a.valid_after,
-            a.valid_before,
+            str(a.value),
+            str(a.valid_after),
+            str(a.valid_before),
             a.nonce.hex(),
             payment.signature.hex(),
             payment.requirements.asset,
             payment.requirements.pay_to,
-            payment.requirements.amount,
-        ],
-        option=orjson.OPT_PASSTHROUGH_DATACLASS,
+            str(payment.requirements.amount),
+        ]
     )
     return hashlib.sha256(material).hexdigest()
 

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from eth_utils.address import to_checksum_address
 
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 
@@ -16,7 +16,7 @@ class InvalidAddress(ValueError):
 
 
 def is_address(value: object) -> bool:
-    return isinstance(value, str) and bool(_ADDRESS.match(value))
+    return isinstance(value, str) and _ADDRESS.fullmatch(value) is not None
 
 
 @lru_cache(maxsize=65536)

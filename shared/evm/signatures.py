@@ -4,6 +4,7 @@ eth-account would recover high-s signatures that the token then rejects on-chain
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from coincurve import PublicKey
@@ -55,10 +56,13 @@ def recover_signer(digest: bytes, sig: EcdsaSignature) -> str:
     return str(to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:]))
 
 
+_HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")
+
+
 def parse_hex(value: str, *, what: str) -> bytes:
+    # fullmatch, because bytes.fromhex would quietly skip embedded whitespace.
     if not isinstance(value, str) or not value.startswith("0x"):
         raise SignatureError(f"{what} must be 0x-prefixed hex")
-    try:
-        return bytes.fromhex(value[2:])
-    except ValueError as exc:
-        raise SignatureError(f"{what} is not valid hex") from exc
+    if _HEX.fullmatch(value) is None:
+        raise SignatureError(f"{what} is not valid hex (an even number of hex digits after 0x)")
+    return bytes.fromhex(value[2:])
