@@ -80,6 +80,7 @@ class Facilitator:
 
     async def start(self) -> None:
         for rt in self.networks.values():
+            await self._check_chain_id(rt)
             rt.watcher.start()
             for address in rt.signers.addresses:
                 with contextlib.suppress(RpcError, RpcUnavailable):
@@ -88,6 +89,18 @@ class Facilitator:
                     )
         # Start-up reconciliation happens in the loop's first pass.
         self.reconciler.start()
+
+    @staticmethod
+    async def _check_chain_id(rt: NetworkRuntime) -> None:
+        """Refuse to run against an RPC for another chain: signatures and nonces would go to the wrong place.
+        An unreachable RPC is no reason to refuse start-up (readiness reports it)."""
+        try:
+            actual = await rt.eth.chain_id()
+        except (RpcError, RpcUnavailable) as exc:
+            log.warning("rpc_unreachable_at_start", network=rt.network, error=str(exc))
+            return
+        if actual != rt.chain_id:
+            raise RuntimeError(f"RPC for {rt.network} reports chain id {actual}")
 
     async def stop(self) -> None:
         await self.reconciler.stop()
