@@ -84,6 +84,28 @@ def _domain(extra: dict[str, Any] | None) -> tuple[str, str]:
     return name, version
 
 
+def _sign_for(
+    private_key: str,
+    payer: str,
+    *,
+    network: str,
+    asset: str,
+    pay_to: str,
+    value: int,
+    max_timeout_seconds: int,
+    extra: dict[str, Any] | None,
+    now: int | None,
+) -> dict[str, Any]:
+    name, version = _domain(extra)
+    auth = build_authorization(
+        payer=payer, pay_to=pay_to, value=value, max_timeout_seconds=max_timeout_seconds, now=now
+    )
+    sig = sign_authorization(
+        private_key, auth, name=name, version=version, chain_id=chain_id_of(network), token=asset
+    )
+    return exact_payload(auth, sig)
+
+
 def pay_v2(
     private_key: str,
     payer: str,
@@ -92,27 +114,22 @@ def pay_v2(
     now: int | None = None,
     resource: dict[str, Any] | None = None,
 ) -> PaymentPayloadV2:
-    name, version = _domain(requirements.extra)
-    auth = build_authorization(
-        payer=payer,
+    payload = _sign_for(
+        private_key,
+        payer,
+        network=requirements.network,
+        asset=requirements.asset,
         pay_to=requirements.pay_to,
         value=int(requirements.amount),
         max_timeout_seconds=requirements.max_timeout_seconds,
+        extra=requirements.extra,
         now=now,
-    )
-    sig = sign_authorization(
-        private_key,
-        auth,
-        name=name,
-        version=version,
-        chain_id=chain_id_of(requirements.network),
-        token=requirements.asset,
     )
     return PaymentPayloadV2.model_validate(
         {
             "x402Version": 2,
             "accepted": requirements.to_wire(),
-            "payload": exact_payload(auth, sig),
+            "payload": payload,
             **({"resource": resource} if resource else {}),
         }
     )
@@ -121,22 +138,15 @@ def pay_v2(
 def pay_v1(
     private_key: str, payer: str, requirements: PaymentRequirementsV1, *, now: int | None = None
 ) -> PaymentPayloadV1:
-    name, version = _domain(requirements.extra)
-    auth = build_authorization(
-        payer=payer,
+    payload = _sign_for(
+        private_key,
+        payer,
+        network=requirements.network,
+        asset=requirements.asset,
         pay_to=requirements.pay_to,
         value=int(requirements.max_amount_required),
         max_timeout_seconds=requirements.max_timeout_seconds,
+        extra=requirements.extra,
         now=now,
     )
-    sig = sign_authorization(
-        private_key,
-        auth,
-        name=name,
-        version=version,
-        chain_id=chain_id_of(requirements.network),
-        token=requirements.asset,
-    )
-    return PaymentPayloadV1(
-        scheme=requirements.scheme, network=requirements.network, payload=exact_payload(auth, sig)
-    )
+    return PaymentPayloadV1(scheme=requirements.scheme, network=requirements.network, payload=payload)

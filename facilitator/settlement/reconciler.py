@@ -53,6 +53,7 @@ async def reconcile_row(
 async def _resend_or_fail(
     service: SettlementService, row: SettlementRow, *, attempt: str, wait: float
 ) -> SettlementRow:
+    """Verify the stored payment again and send a fresh transaction, or fail the row with the reason."""
     try:
         payment = payment_from_wire(row.payload, row.requirements)
         verified = await service.verifier.verify(payment, simulate=True, estimate_gas=True)
@@ -111,17 +112,7 @@ async def _resolve_submitted(
             error_message="authorization was used or cancelled outside this facilitator's transactions",
         )
     log.warning("settlement_resend", settlement_id=row.id, dropped=current.tx_hash)
-    try:
-        payment = payment_from_wire(row.payload, row.requirements)
-        verified = await service.verifier.verify(payment, simulate=True, estimate_gas=True)
-    except Rejected as exc:
-        return await service.ledger.finish(
-            row.id, Status.FAILED, error_reason=exc.reason, error_message=exc.message
-        )
-    await service.submit_and_wait(row, verified, network, attempt=attempt, wait=wait)
-    fresh = await service.ledger.get(row.id)
-    assert fresh is not None
-    return fresh
+    return await _resend_or_fail(service, row, attempt=attempt, wait=wait)
 
 
 class Reconciler:
