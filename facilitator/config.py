@@ -40,7 +40,10 @@ class TokenSettings(BaseModel):
 class NetworkSettings(BaseModel):
     network: str  # CAIP-2, e.g. eip155:8453
     rpc_urls: list[str] = Field(repr=False)  # hosted RPC URLs often carry API keys
-    signer_keys: list[SecretStr]
+    signer_keys: list[SecretStr] = Field(default_factory=list)
+    # Name of an environment variable holding this network's keys (comma-separated), so that a TOML file
+    # describing several networks never has to contain a key.
+    signer_keys_env: str | None = None
     tokens: list[TokenSettings] = Field(default_factory=list)  # empty: the built-in USDC for the chain
     max_fee_per_gas_gwei: Decimal = Decimal("100")  # the cap: never pay more than this per gas
     max_priority_fee_gwei: Decimal = Decimal("2")
@@ -73,6 +76,13 @@ class NetworkSettings(BaseModel):
     def _caip2(cls, v: str) -> str:
         return caip2(chain_id_of(v))
 
+    @model_validator(mode="after")
+    def _keys_from_env(self) -> NetworkSettings:
+        if self.signer_keys_env:
+            raw = os.environ.get(self.signer_keys_env, "")
+            self.signer_keys = [*self.signer_keys, *(SecretStr(k) for k in _split_csv(raw))]
+        return self
+
     @field_validator("rpc_urls", "signer_keys", "eip6492_factories", mode="before")
     @classmethod
     def _csv(cls, v: Any) -> Any:
@@ -95,9 +105,12 @@ class FacilitatorSettings(BaseSettings):
     networks: list[NetworkSettings] = Field(default_factory=list)
     # Single-chain shortcut, folded into `networks`.
     network: str | None = None
-    rpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    rpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     signer_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     eip6492_factories: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Any other per-network setting for the single-chain shortcut, as JSON:
+    # X402_NETWORK_OPTIONS='{"receipt_timeout_seconds": 30, "max_fee_per_gas_gwei": "5"}'
+    network_options: dict[str, Any] = Field(default_factory=dict)
 
     valid_before_margin_seconds: int = 6
     simulate_in_settle: bool = True
@@ -121,11 +134,14 @@ class FacilitatorSettings(BaseSettings):
         if self.network:
             self.networks = [
                 *self.networks,
-                NetworkSettings(
-                    network=self.network,
-                    rpc_urls=self.rpc_urls,
-                    signer_keys=self.signer_keys,
-                    eip6492_factories=self.eip6492_factories,
+                NetworkSettings.model_validate(
+                    {
+                        **self.network_options,
+                        "network": self.network,
+                        "rpc_urls": self.rpc_urls,
+                        "signer_keys": self.signer_keys,
+                        "eip6492_factories": self.eip6492_factories,
+                    }
                 ),
             ]
         seen: set[int] = set()

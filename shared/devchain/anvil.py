@@ -15,6 +15,7 @@ from typing import IO, Self
 
 import httpx
 
+from shared.child_process import die_with_parent
 from shared.devchain.constants import BASE_SEPOLIA_CHAIN_ID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -141,7 +142,14 @@ def start_anvil(
 def _launch(args: list[str], port: int, chain_id: int, timeout: float) -> AnvilProcess:
     # A file rather than a pipe: nobody drains a pipe while Anvil runs, and a full pipe would block it.
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process; closed by stop()
-    popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    popen = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+        preexec_fn=die_with_parent(),
+    )
     process = AnvilProcess(popen, port, chain_id, stderr)
     _live.add(process)
     try:

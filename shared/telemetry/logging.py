@@ -132,6 +132,9 @@ def configure_logging(level: str = "INFO", json: bool = True, *, stream: TextIO 
     root.setLevel(level.upper())
     # pgserver logs every command line and status poll at INFO.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request at INFO: one line per RPC call would drown everything else.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
     structlog.configure(
         processors=[

@@ -1,0 +1,101 @@
+"""The stack's child services. Each is one `start_*(ctx) -> Service` function listed in SERVICES; they start
+in that order (later ones can use earlier ones through `ctx.services`) and stop in reverse."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_account import Account
+
+from shared.devchain.chain import DevChain
+
+from .children import ChildProcess
+from .datadir import DataDir
+from .ports import HOST, Ports, ensure_free
+from .shutdown import Shutdown
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str
+    process: ChildProcess
+    info: dict[str, Any]  # merged into stack.json
+
+
+@dataclass
+class StackContext:
+    data_dir: DataDir
+    ports: Ports
+    chain: DevChain
+    database_url: str
+    shutdown: Shutdown
+    services: dict[str, Service] = field(default_factory=dict)
+
+
+def child_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """The parent's environment without its X402_* and DATABASE_URL (a shell set up for a real
+    deployment, X402_CONFIG_FILE say, must not leak into the dev stack), plus `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("X402_") and k != "DATABASE_URL"}
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file as they happen
+    env.update(settings)
+    return env
+
+
+def start_python_service(
+    ctx: StackContext, name: str, module: str, port: int, settings: Mapping[str, str], health_path: str
+) -> tuple[str, ChildProcess]:
+    """Run `python -m module --host --port` and wait for its health endpoint; the process is stopped
+    again if it never becomes healthy."""
+    ensure_free(port, name)
+    argv = [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
+    process = ChildProcess.spawn(name, argv, child_env(settings), ctx.data_dir.log_file(name))
+    url = f"http://{HOST}:{port}"
+    try:
+        process.wait_healthy(url + health_path, ctx.shutdown)
+    except BaseException:
+        process.stop()
+        raise
+    return url, process
+
+
+def start_facilitator(ctx: StackContext) -> Service:
+    api_key = "dev-" + secrets.token_urlsafe(24)
+    keys = ctx.chain.facilitator_keys
+    url, process = start_python_service(
+        ctx,
+        "facilitator",
+        "facilitator.cli",
+        ctx.ports.facilitator,
+        {
+            "X402_NETWORK": ctx.chain.network,
+            "X402_RPC_URLS": ctx.chain.rpc_url,
+            "X402_SIGNER_KEYS": ",".join(keys),
+            "X402_API_KEYS": api_key,
+            "X402_EIP6492_FACTORIES": ctx.chain.wallet_factory,
+            "DATABASE_URL": ctx.database_url,
+            "X402_PORT": str(ctx.ports.facilitator),
+            "X402_LOG_JSON": "false",
+        },
+        "/health",
+    )
+    signers = [str(Account.from_key(k).address) for k in keys]
+    return Service(
+        "facilitator",
+        url,
+        process,
+        {
+            "facilitator_url": url,
+            "facilitator_api_key": api_key,
+            "facilitator_signers": signers,
+            "receipt_signer": signers[0],  # the facilitator signs receipts with its first key by default
+        },
+    )
+
+
+SERVICES: tuple[Callable[[StackContext], Service], ...] = (start_facilitator,)
