@@ -34,15 +34,19 @@ _provider: trace.TracerProvider | None = None
 _global_set = False
 
 
-def configure_tracing(service_name: str, exporter: str | None) -> trace.TracerProvider:
+def configure_tracing(service_name: str, exporter: str | SpanExporter | None) -> trace.TracerProvider:
     """Install the provider used by ``tracer`` and ``span``; calling again replaces it.
 
     The first call also makes it OpenTelemetry's global provider (OpenTelemetry allows
     that once per process), so third-party instrumentation reports to it as well.
     """
-    global _provider, _global_set
-    choice = (exporter or "none").strip().lower()
     provider: trace.TracerProvider
+    if isinstance(exporter, SpanExporter):  # an exporter object: embedding applications and tests
+        sdk = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+        sdk.add_span_processor(SimpleSpanProcessor(exporter))
+        _install(sdk)
+        return sdk
+    choice = (exporter or "none").strip().lower()
     if choice == "none":
         provider = trace.NoOpTracerProvider()
     elif choice == "console":
@@ -57,12 +61,17 @@ def configure_tracing(service_name: str, exporter: str | None) -> trace.TracerPr
     else:
         raise ValueError(f"unknown tracing exporter {exporter!r}: use none, console or otlp")
 
+    _install(provider)
+    return provider
+
+
+def _install(provider: trace.TracerProvider) -> None:
+    global _provider, _global_set
     shutdown_tracing()
     _provider = provider
     if not _global_set:
         trace.set_tracer_provider(provider)
         _global_set = True
-    return provider
 
 
 def _otlp_exporter() -> SpanExporter:
