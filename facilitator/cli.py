@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
-from shared.storage.database import resolve_database_url
+from shared.serving import serve_with_database
 from shared.telemetry.logging import configure_logging
 from shared.telemetry.tracing import configure_tracing
 
@@ -22,19 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = FacilitatorSettings()
     configure_logging(settings.log_level, json=settings.log_json)
     configure_tracing("x402-facilitator", settings.otel_exporter)
-    explicit = settings.database_url.get_secret_value() if settings.database_url else None
-    dsn, embedded = resolve_database_url(explicit, settings.data_dir / "postgres")
-    try:
-        uvicorn.run(
-            create_app(settings, dsn),
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            log_level="warning",
-            access_log=False,
-        )
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    serve_with_database(
+        lambda dsn: create_app(settings, dsn),
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        data_dir=settings.data_dir,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,119 @@
+"""The two applications: `create_app` (handlers behind the payment middleware, plus /pricing, /quote, /audit,
+/health) and `create_gateway_app` (the same endpoints, and every other path proxied to an upstream)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
+
+from .api import API_PATHS
+from .api import ROUTES as API_ROUTES
+from .challenges.store import ChallengeStore
+from .config import ResourceServerSettings
+from .demo import DEMO_ROUTES
+from .facilitator_client import FacilitatorClient
+from .gateway import ProxyApp
+from .middleware import Mode, PaymentMiddleware
+from .pricing.model import PricingConfig
+from .runtime import Runtime
+
+
+class _Options(TypedDict):
+    pricing: PricingConfig
+    store: ChallengeStore
+    facilitator: FacilitatorClient
+    challenge_ttl_seconds: float
+    mode: Mode
+    public_url: str | None
+    max_body_bytes: int
+    max_payment_header_bytes: int
+
+
+def _middleware_options(runtime: Runtime, mode: Mode) -> _Options:
+    s = runtime.settings
+    return {
+        "pricing": runtime.pricing,
+        "store": runtime.store,
+        "facilitator": runtime.facilitator,
+        "challenge_ttl_seconds": s.challenge_ttl_seconds,
+        "mode": mode,
+        "public_url": s.public_url,
+        "max_body_bytes": s.max_body_bytes,
+        "max_payment_header_bytes": s.max_payment_header_bytes,
+    }
+
+
+def create_app(
+    settings: ResourceServerSettings,
+    dsn: str,
+    pricing: PricingConfig,
+    *,
+    handlers: Sequence[BaseRoute] = DEMO_ROUTES,
+) -> Starlette:
+    runtime = Runtime.build(settings, pricing)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start(dsn)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(
+        routes=[*API_ROUTES, *handlers],
+        middleware=[
+            Middleware(PaymentMiddleware, exclude_paths=API_PATHS, **_middleware_options(runtime, "buffered"))
+        ],
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app
+
+
+class GatewayApp:
+    """Own endpoints by path, everything else through the payment middleware to the upstream."""
+
+    def __init__(self, runtime: Runtime, api: Starlette, paid: PaymentMiddleware) -> None:
+        self.runtime = runtime
+        self.api = api
+        self.paid = paid
+        self.state = api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or (scope["type"] == "http" and scope["path"] in API_PATHS):
+            await self.api(scope, receive, send)
+        elif scope["type"] == "http":
+            await self.paid(scope, receive, send)
+        # websockets are not proxied: no x402 transport is defined for them
+
+
+def create_gateway_app(
+    settings: ResourceServerSettings, dsn: str, pricing: PricingConfig, *, upstream: str
+) -> GatewayApp:
+    runtime = Runtime.build(settings, pricing)
+    proxy = ProxyApp(
+        upstream,
+        timeout=settings.upstream_timeout_seconds,
+        forward_authorization=settings.forward_authorization,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start(dsn)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            await proxy.aclose()
+
+    api = Starlette(routes=list(API_ROUTES), lifespan=lifespan)
+    api.state.runtime = runtime
+    paid = PaymentMiddleware(proxy, **_middleware_options(runtime, "stream"))
+    return GatewayApp(runtime, api, paid)

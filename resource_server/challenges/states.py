@@ -1,0 +1,68 @@
+"""The challenge state machine. Pure: the store enforces it with conditional UPDATEs, tests check it directly.
+
+issued             -> verified            a payment matched, the facilitator verified it, it was claimed
+issued             -> expired             the challenge's TTL passed before a payment claimed it
+verified           -> settled             the facilitator settled it
+verified           -> settlement_pending  broadcast but unconfirmed (or the answer was lost): the reconciler
+                                          asks the facilitator again until it resolves
+verified           -> failed              the facilitator refused to settle
+verified           -> released            nothing settled, the payer keeps the money: the handler failed,
+                                          or the facilitator was unreachable before anything could be sent
+settlement_pending -> settled | failed    resolved by the reconciler
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ChallengeStatus(StrEnum):
+    ISSUED = "issued"
+    VERIFIED = "verified"
+    SETTLED = "settled"
+    SETTLEMENT_PENDING = "settlement_pending"
+    FAILED = "failed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (
+            ChallengeStatus.SETTLED,
+            ChallengeStatus.FAILED,
+            ChallengeStatus.RELEASED,
+            ChallengeStatus.EXPIRED,
+        )
+
+    @property
+    def payable(self) -> bool:
+        return self is ChallengeStatus.ISSUED
+
+
+S = ChallengeStatus
+
+ALLOWED: frozenset[tuple[ChallengeStatus, ChallengeStatus]] = frozenset(
+    {
+        (S.ISSUED, S.VERIFIED),
+        (S.ISSUED, S.EXPIRED),
+        (S.VERIFIED, S.SETTLED),
+        (S.VERIFIED, S.SETTLEMENT_PENDING),
+        (S.VERIFIED, S.FAILED),
+        (S.VERIFIED, S.RELEASED),
+        (S.SETTLEMENT_PENDING, S.SETTLED),
+        (S.SETTLEMENT_PENDING, S.FAILED),
+    }
+)
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+def can_transition(current: ChallengeStatus, new: ChallengeStatus) -> bool:
+    return (current, new) in ALLOWED
+
+
+def check_transition(current: ChallengeStatus, new: ChallengeStatus) -> None:
+    if not can_transition(current, new):
+        raise IllegalTransition(f"challenge cannot go from {current} to {new}")

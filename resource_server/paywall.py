@@ -1,0 +1,329 @@
+"""The payment flow for one priced request, independent of ASGI: issue a challenge, authorize a payment
+against it (match, verify, claim), settle or release it. The middleware and the gateway call this and only
+render its answers.
+
+Order matters for safety: nothing is claimed before the facilitator says the payment is valid (a bad
+payment cannot burn a client's challenge), and the claim (unique authorization + issued -> verified) is one
+transaction, so a payment unlocks one request even across replicas racing on the same database."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+import structlog
+
+from shared.x402 import reasons as fac_reasons
+from shared.x402.models import SettleResponse
+
+from . import reasons
+from .challenges.matching import Match, Refusal, match_v1, match_v2
+from .challenges.records import Challenge
+from .challenges.requirements import requirements_v1, requirements_v2
+from .challenges.states import ChallengeStatus
+from .challenges.store import ChallengeStore, ClaimOutcome, StoreNotReady
+from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
+from .payment_headers import PaymentAttempt
+from .pricing.engine import Quote
+from .pricing.model import Route
+from .pricing.params import json_value
+
+log = structlog.get_logger(__name__)
+
+_V1_CLAIM_RETRIES = 3
+
+
+class StorageUnavailable(Exception):
+    """The database could not be used: HTTP 503, nothing decided."""
+
+
+@dataclass(frozen=True, slots=True)
+class PricedRequest:
+    route: Route
+    quote: Quote
+    resource_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """Answer 402 with `challenge` (fresh, or the still-payable one the payment failed against)."""
+
+    reason: str
+    message: str
+    challenge: Challenge
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    priced: PricedRequest
+    attempt: PaymentAttempt
+    match: Match
+
+    @property
+    def challenge_id(self) -> str:
+        return self.match.challenge.id
+
+
+class Settlement(StrEnum):
+    SETTLED = "settled"
+    PENDING = "pending"  # served now, reconciled later
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SettleOutcome:
+    result: Settlement
+    answer: SettleResponse
+
+
+@contextlib.asynccontextmanager
+async def _storage() -> AsyncIterator[None]:
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, StoreNotReady) as exc:
+        log.error("storage_unavailable", error=str(exc))
+        raise StorageUnavailable(str(exc)) from exc
+
+
+class Paywall:
+    def __init__(
+        self, store: ChallengeStore, facilitator: FacilitatorClient, *, challenge_ttl_seconds: float
+    ) -> None:
+        self.store = store
+        self.facilitator = facilitator
+        self.challenge_ttl_seconds = challenge_ttl_seconds
+
+    async def issue(self, priced: PricedRequest) -> Challenge:
+        quote = priced.quote
+
+        def build(
+            challenge_id: str, expires_at: int
+        ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+            return (
+                requirements_v2(quote, challenge_id=challenge_id, expires_at=expires_at),
+                requirements_v1(
+                    quote, resource=priced.resource_url, challenge_id=challenge_id, expires_at=expires_at
+                ),
+            )
+
+        async with _storage():
+            return await self.store.issue(
+                route=priced.route.key,
+                resource=priced.resource_url,
+                params={k: json_value(v) for k, v in quote.params.items()},
+                params_hash=quote.params_hash,
+                price=quote.breakdown(),
+                ttl_seconds=self.challenge_ttl_seconds,
+                build=build,
+            )
+
+    async def authorize(self, priced: PricedRequest, attempt: PaymentAttempt) -> Authorized | Denied:
+        """Raises FacilitatorUnavailable / FacilitatorBadResponse (nothing claimed) and StorageUnavailable."""
+        async with _storage():
+            await self.store.record(
+                "payment_received",
+                challenge_id=attempt.challenge_id,
+                payer=attempt.payer,
+                detail={
+                    "x402Version": attempt.version,
+                    "network": attempt.network,
+                    "payTo": attempt.pay_to,
+                    "value": str(attempt.value),
+                    "nonce": attempt.nonce,
+                    "route": priced.route.key,
+                    "paramsHash": priced.quote.params_hash,
+                },
+            )
+            used = await self.store.used_by(attempt.payer, attempt.nonce)
+            if used is not None:
+                return await self._deny(
+                    priced,
+                    attempt,
+                    reasons.PAYMENT_USED,
+                    f"this payment already unlocked a request (challenge {used})",
+                )
+            found = await self._match(priced, attempt, exclude=())
+        if isinstance(found, Refusal):
+            return await self._refuse(priced, attempt, found)
+
+        answer = await self.facilitator.verify(attempt.payload, found.requirement)
+        if not answer.is_valid:
+            async with _storage():
+                await self.store.record(
+                    "verify_refused",
+                    challenge_id=found.challenge.id,
+                    payer=attempt.payer,
+                    detail={"facilitator": answer.to_wire()},
+                )
+            reason = answer.invalid_reason or fac_reasons.INVALID_PAYLOAD
+            message = answer.invalid_message or "the facilitator refused the payment"
+            # The challenge was not consumed: the client may pay it again, correctly this time.
+            return Denied(reason, message, found.challenge)
+
+        return await self._claim(priced, attempt, found, answer.to_wire())
+
+    async def _claim(
+        self, priced: PricedRequest, attempt: PaymentAttempt, found: Match, verify_answer: dict[str, object]
+    ) -> Authorized | Denied:
+        async with _storage():
+            taken: list[str] = []
+            for _ in range(_V1_CLAIM_RETRIES):
+                outcome = await self.store.claim(
+                    found, version=attempt.version, payload=attempt.payload, verify_answer=verify_answer
+                )
+                if outcome is ClaimOutcome.CLAIMED:
+                    return Authorized(priced, attempt, found)
+                if outcome is ClaimOutcome.PAYMENT_USED:
+                    return await self._deny(
+                        priced, attempt, reasons.PAYMENT_USED, "this payment already unlocked a request"
+                    )
+                if outcome is ClaimOutcome.EXPIRED:
+                    await self.store.expire(found.challenge.id)
+                    return await self._deny(
+                        priced,
+                        attempt,
+                        reasons.CHALLENGE_EXPIRED,
+                        f"challenge {found.challenge.id} expired; pay the fresh one",
+                    )
+                if attempt.version == 2:
+                    return await self._deny(
+                        priced,
+                        attempt,
+                        reasons.CHALLENGE_USED,
+                        f"challenge {found.challenge.id} was paid by another payment",
+                    )
+                # v1: another client's payment took the newest challenge first; try the next one.
+                taken.append(found.challenge.id)
+                retry = await self._match(priced, attempt, exclude=tuple(taken))
+                if isinstance(retry, Refusal):
+                    return await self._refuse(priced, attempt, retry)
+                found = retry
+            return await self._deny(
+                priced, attempt, reasons.NO_MATCHING_CHALLENGE, "every matching challenge was taken"
+            )
+
+    async def _match(
+        self, priced: PricedRequest, attempt: PaymentAttempt, *, exclude: tuple[str, ...]
+    ) -> Match | Refusal:
+        route_key, params_hash = priced.route.key, priced.quote.params_hash
+        if attempt.version == 2:
+            challenge = await self.store.get(attempt.challenge_id) if attempt.challenge_id else None
+            return match_v2(attempt, challenge, route_key=route_key, params_hash=params_hash)
+        candidates = [
+            c for c in await self.store.open_candidates(route_key, params_hash) if c.id not in exclude
+        ]
+        return match_v1(attempt, candidates, route_key=route_key, params_hash=params_hash)
+
+    async def _refuse(self, priced: PricedRequest, attempt: PaymentAttempt, refusal: Refusal) -> Denied:
+        async with _storage():
+            if refusal.expired is not None:
+                await self.store.expire(refusal.expired.id)
+            return await self._deny(priced, attempt, refusal.reason, refusal.message)
+
+    async def _deny(
+        self, priced: PricedRequest, attempt: PaymentAttempt, reason: str, message: str
+    ) -> Denied:
+        await self.store.record(
+            "payment_refused",
+            challenge_id=attempt.challenge_id,
+            payer=attempt.payer,
+            detail={"reason": reason, "message": message, "nonce": attempt.nonce},
+        )
+        return Denied(reason, message, await self.issue(priced))
+
+    async def settle(self, auth: Authorized) -> SettleOutcome:
+        """Raises FacilitatorUnavailable (only when certainly nothing was sent; the payment is released) and
+        FacilitatorBadResponse (released, with the answer in the audit trail)."""
+        attempt, cid = auth.attempt, auth.challenge_id
+        try:
+            answer = await self.facilitator.settle(attempt.payload, auth.match.requirement)
+        except FacilitatorUnavailable as exc:
+            if not exc.maybe_delivered:
+                await self.release(
+                    auth, reason=reasons.FACILITATOR_UNAVAILABLE, detail={"failures": exc.failures}
+                )
+                raise
+            # A facilitator may have broadcast it: serve, and let the reconciler ask again until it knows.
+            answer = SettleResponse(
+                success=False,
+                error_reason=fac_reasons.SETTLEMENT_PENDING,
+                error_message="the facilitator's answer was lost; the payment is being reconciled",
+                transaction="",
+                network=attempt.network,
+                payer=attempt.payer,
+            )
+            await self._move(
+                cid, ChallengeStatus.SETTLEMENT_PENDING, "settle_unanswered", {"failures": exc.failures}
+            )
+            return SettleOutcome(Settlement.PENDING, answer)
+        except FacilitatorBadResponse as exc:
+            await self.release(auth, reason=reasons.FACILITATOR_BAD_RESPONSE, detail={"error": str(exc)})
+            raise
+        detail = {"facilitator": answer.to_wire()}
+        if answer.success:
+            await self._move(cid, ChallengeStatus.SETTLED, "settled", detail, tx_hash=answer.transaction)
+            return SettleOutcome(Settlement.SETTLED, answer)
+        if answer.error_reason == fac_reasons.SETTLEMENT_PENDING:
+            await self._move(
+                cid,
+                ChallengeStatus.SETTLEMENT_PENDING,
+                "settlement_pending",
+                detail,
+                tx_hash=answer.transaction,
+            )
+            return SettleOutcome(Settlement.PENDING, answer)
+        await self._move(
+            cid,
+            ChallengeStatus.FAILED,
+            "settle_failed",
+            detail,
+            tx_hash=answer.transaction,
+            error_reason=answer.error_reason or reasons.SETTLEMENT_FAILED,
+        )
+        return SettleOutcome(Settlement.FAILED, answer)
+
+    async def release(
+        self, auth: Authorized, *, reason: str, detail: dict[str, object] | None = None
+    ) -> None:
+        """Nothing was settled: the challenge ends released, the payer keeps the money."""
+        await self._move(
+            auth.challenge_id, ChallengeStatus.RELEASED, "released", {"reason": reason, **(detail or {})}
+        )
+
+    async def note(self, auth: Authorized, event: str, detail: dict[str, object]) -> None:
+        """An audit note after the response went out: a storage failure can only be logged by then."""
+        try:
+            async with _storage():
+                await self.store.record(
+                    event, challenge_id=auth.challenge_id, payer=auth.attempt.payer, detail=detail
+                )
+        except StorageUnavailable:
+            log.error("audit_note_lost", challenge_id=auth.challenge_id, audit_event=event, detail=detail)
+
+    async def _move(
+        self,
+        challenge_id: str,
+        new: ChallengeStatus,
+        event: str,
+        detail: Mapping[str, Any],
+        *,
+        tx_hash: str | None = None,
+        error_reason: str | None = None,
+    ) -> None:
+        async with _storage():
+            moved = await self.store.transition(
+                challenge_id,
+                ChallengeStatus.VERIFIED,
+                new,
+                event=event,
+                detail=dict(detail),
+                tx_hash=tx_hash,
+                error_reason=error_reason,
+                settle_attempt=new is not ChallengeStatus.RELEASED,
+            )
+        if not moved:
+            log.warning("challenge_not_verified", challenge_id=challenge_id, wanted=new.value)

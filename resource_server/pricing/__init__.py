@@ -1,0 +1,1 @@
+"""Pricing: what each route costs, from a TOML file. Everything here is pure except `loader`'s file read."""
