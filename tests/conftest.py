@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.database", "tests.fixtures.chain", "tests.fixtures.facilitator"]
+pytest_plugins = [
+    "tests.fixtures.database",
+    "tests.fixtures.chain",
+    "tests.fixtures.facilitator",
+    "tests.fixtures.resource_server",
+]
