@@ -37,6 +37,7 @@ class Ports:
         """Before anything starts, rather than after PostgreSQL took its seconds to come up."""
         ensure_free(self.anvil, "Anvil")
         ensure_free(self.facilitator, "facilitator")
+        ensure_free(self.resource_server, "resource server")
 
 
 def free_ports(count: int) -> list[int]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from eth_account import Account
@@ -35,6 +36,7 @@ class StackContext:
     chain: DevChain
     database_url: str
     shutdown: Shutdown
+    pay_to: str
     services: dict[str, Service] = field(default_factory=dict)
 
 
@@ -48,12 +50,18 @@ def child_env(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_python_service(
-    ctx: StackContext, name: str, module: str, port: int, settings: Mapping[str, str], health_path: str
+    ctx: StackContext,
+    name: str,
+    module: str,
+    port: int,
+    settings: Mapping[str, str],
+    health_path: str,
+    args: Sequence[str] = (),
 ) -> tuple[str, ChildProcess]:
-    """Run `python -m module --host --port` and wait for its health endpoint; the process is stopped
+    """Run `python -m module [args] --host --port` and wait for its health endpoint; the process is stopped
     again if it never becomes healthy."""
     ensure_free(port, name)
-    argv = [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
+    argv = [sys.executable, "-m", module, *args, "--host", HOST, "--port", str(port)]
     process = ChildProcess.spawn(name, argv, child_env(settings), ctx.data_dir.log_file(name))
     url = f"http://{HOST}:{port}"
     try:
@@ -98,4 +106,45 @@ def start_facilitator(ctx: StackContext) -> Service:
     )
 
 
-SERVICES: tuple[Callable[[StackContext], Service], ...] = (start_facilitator,)
+DEMO_PRICING = Path(__file__).resolve().parents[1] / "examples" / "pricing.toml"
+
+
+def start_resource_server(ctx: StackContext) -> Service:
+    facilitator = ctx.services["facilitator"]
+    url, process = start_python_service(
+        ctx,
+        "resource_server",
+        "resource_server.cli",
+        ctx.ports.resource_server,
+        {
+            "X402_RS_FACILITATOR_URLS": facilitator.url,
+            "X402_RS_FACILITATOR_API_KEY": str(facilitator.info["facilitator_api_key"]),
+            "X402_RS_PAY_TO": ctx.pay_to,
+            "DATABASE_URL": ctx.database_url,  # its tables are prefixed rs_, so one database serves both
+            "X402_RS_LOG_JSON": "false",
+        },
+        "/health",
+        args=("serve", "--pricing", str(DEMO_PRICING)),
+    )
+    return Service(
+        "resource_server",
+        url,
+        process,
+        {
+            "resource_server_url": url,
+            "pricing_file": str(DEMO_PRICING),
+            "demo_routes": {
+                "fixed_price": {"method": "GET", "url": f"{url}/weather"},
+                "path_priced": {"method": "GET", "url": f"{url}/items/42"},
+                "dynamic_price": {
+                    "method": "POST",
+                    "url": f"{url}/render",
+                    "example_body": {"duration": 30, "resolution": "1080p"},
+                    "quote": f"{url}/quote",
+                },
+            },
+        },
+    )
+
+
+SERVICES: tuple[Callable[[StackContext], Service], ...] = (start_facilitator, start_resource_server)

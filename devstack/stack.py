@@ -64,7 +64,7 @@ def start_stack(options: StackOptions, shutdown: Shutdown, resources: ExitStack)
     payer = chain.new_payer(options.payer_usdc * 10**chain.usdc.decimals)
     pay_to = str(Account.create().address)
 
-    ctx = StackContext(data_dir, ports, chain, database_url, shutdown)
+    ctx = StackContext(data_dir, ports, chain, database_url, shutdown, pay_to)
     for start in SERVICES:
         shutdown.check()
         service = start(ctx)

@@ -97,11 +97,19 @@ def test_stack_comes_up_and_ctrl_c_stops_everything(data_dir: Path) -> None:
             stack["rpc_url"], "eth_call", [{"to": stack["asset"], "data": BALANCE_OF + owner}, "latest"]
         )
         assert int(str(balance), 16) == 1000 * 10**6
+
+        # The resource server sells the demo routes through the stack's facilitator.
+        weather = stack["demo_routes"]["fixed_price"]
+        unpaid = httpx.request(weather["method"], weather["url"])
+        assert unpaid.status_code == 402
+        assert "payment-required" in unpaid.headers
+        assert unpaid.json()["accepts"][0]["payTo"] == stack["pay_to"]
     finally:
         interrupt(proc)
 
     assert not answers(stack["rpc_url"])
     assert not answers(stack["facilitator_url"])
+    assert not answers(stack["resource_server_url"])
     for name, pid in stack["pids"].items():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
     assert not (data_dir / "postgres" / "postmaster.pid").exists()  # PostgreSQL shut down cleanly
@@ -115,4 +123,4 @@ def test_second_run_on_the_same_data_dir(data_dir: Path) -> None:
             assert httpx.get(stack["facilitator_url"] + "/health").status_code == 200
         finally:
             interrupt(proc)
-    assert os.listdir(data_dir / "logs") == ["facilitator.log"]
+    assert sorted(os.listdir(data_dir / "logs")) == ["facilitator.log", "resource_server.log"]
