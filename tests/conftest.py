@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.chain",
     "tests.fixtures.facilitator",
     "tests.fixtures.resource_server",
+    "tests.fixtures.generation",
 ]

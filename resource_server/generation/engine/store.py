@@ -1,0 +1,589 @@
+"""The durable job store (PostgreSQL): jobs, their steps and events.
+
+Writes by a worker are fenced by its lease: each runs in a transaction that locks the job row and checks
+that the caller still owns an active job, so a worker whose lease ran out (and was taken over) can no
+longer move the job. Every change records an event, notifies followers and, when the job has a webhook,
+writes the delivery in the same transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from shared.telemetry.tracing import span
+
+from ..errors import GenerationError
+from ..webhooks import outbox
+from .admission import AdmissionRefused, Load, Refusal
+from .records import JobEvent, JobRecord, StepRecord
+from .states import (
+    ACTIVE,
+    FINAL,
+    IllegalTransition,
+    JobStatus,
+    StepStatus,
+    check_step_transition,
+    check_transition,
+)
+
+NOTIFY_CHANNEL = "generation_job_events"
+
+# Admission counts and the insert must be one atomic decision across replicas; submissions are rare and
+# short, so one global transaction lock costs nothing. The bytes spell "x402genq" (visible in pg_locks).
+_ADMISSION_LOCK = int.from_bytes(b"x402genq", "big", signed=True)
+
+_ACTIVE = [s.value for s in ACTIVE]
+_FINAL = [s.value for s in FINAL]
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    tool: str
+    params: dict[str, Any]
+    step_names: Sequence[str]
+    payer: str | None = None
+    price: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_progress: bool = False
+    payment_challenge_id: str | None = None
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class JobNotRetryable(RuntimeError):
+    pass
+
+
+class JobStore:
+    def __init__(self, pool: asyncpg.Pool, *, progress_webhook_interval: float = 5.0) -> None:
+        self.pool = pool
+        self._progress_interval = timedelta(seconds=progress_webhook_interval)
+
+    # -- submission and reads ------------------------------------------------------------------------
+
+    async def load(self, payer: str | None, conn: Any = None) -> Load:
+        c = conn if conn is not None else self.pool
+        row = await c.fetchrow(
+            """SELECT
+                 (SELECT count(*) FROM generation_jobs WHERE payer = $1 AND status = ANY($2::text[]))
+                   AS payer_active,
+                 (SELECT extract(epoch FROM now() - min(queued_at)) FROM generation_jobs
+                   WHERE payer = $1 AND status = ANY($2::text[])) AS oldest_age,
+                 (SELECT count(*) FROM generation_jobs WHERE status = 'queued') AS queued""",
+            payer,
+            _ACTIVE,
+        )
+        assert row is not None
+        age = row["oldest_age"]
+        return Load(int(row["payer_active"]), int(row["queued"]), float(age) if age is not None else None)
+
+    async def create(
+        self, new: NewJob, *, admit: Callable[[Load], Refusal | None] | None = None
+    ) -> tuple[JobRecord, bool]:
+        """The new job (True), or the existing one with the same idempotency key (False).
+
+        ``admit`` re-checks the guardrails under the admission lock: the pre-payment admission_check may
+        have raced with other submissions, and this is the check that cannot."""
+        async with span("db.generation.create_job"), self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMISSION_LOCK)
+            if new.idempotency_key is not None:
+                existing = await conn.fetchrow(
+                    "SELECT * FROM generation_jobs WHERE idempotency_key=$1", new.idempotency_key
+                )
+                if existing is not None:
+                    return JobRecord.from_record(existing), False
+            if admit is not None:
+                refusal = admit(await self.load(new.payer, conn))
+                if refusal is not None:
+                    raise AdmissionRefused(refusal)
+            record = await conn.fetchrow(
+                """INSERT INTO generation_jobs (id, tool, params, payer, idempotency_key, status, status_text,
+                       price, webhook_url, webhook_secret, webhook_progress, payment_challenge_id)
+                   VALUES ($1, $2, $3, $4, $5, 'queued', 'queued', $6, $7, $8, $9, $10) RETURNING *""",
+                uuid4(),
+                new.tool,
+                new.params,
+                new.payer,
+                new.idempotency_key,
+                new.price,
+                new.webhook_url,
+                new.webhook_secret,
+                new.webhook_progress,
+                new.payment_challenge_id,
+            )
+            assert record is not None
+            job = JobRecord.from_record(record)
+            await conn.executemany(
+                "INSERT INTO generation_job_steps (job_id, idx, name) VALUES ($1, $2, $3)",
+                [(job.id, i, name) for i, name in enumerate(new.step_names)],
+            )
+            await self._record(conn, job, "status", {})
+            return job, True
+
+    async def get(self, job_id: UUID) -> JobRecord | None:
+        r = await self.pool.fetchrow("SELECT * FROM generation_jobs WHERE id=$1", job_id)
+        return JobRecord.from_record(r) if r else None
+
+    async def require(self, job_id: UUID) -> JobRecord:
+        job = await self.get(job_id)
+        if job is None:
+            raise JobNotFound(str(job_id))
+        return job
+
+    async def steps(self, job_id: UUID) -> list[StepRecord]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM generation_job_steps WHERE job_id=$1 ORDER BY idx", job_id
+        )
+        return [StepRecord.from_record(r) for r in rows]
+
+    async def events(self, job_id: UUID, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
+        rows = await self.pool.fetch(
+            "SELECT * FROM generation_job_events WHERE job_id=$1 AND id > $2 ORDER BY id LIMIT $3",
+            job_id,
+            after_id,
+            limit,
+        )
+        return [JobEvent.from_record(r) for r in rows]
+
+    async def status(self, job_id: UUID) -> JobStatus | None:
+        value = await self.pool.fetchval("SELECT status FROM generation_jobs WHERE id=$1", job_id)
+        return JobStatus(value) if value is not None else None
+
+    # -- worker side: claiming and leases ------------------------------------------------------------
+
+    async def claim(self, owner: str, lease_seconds: float, tools: Sequence[str]) -> JobRecord | None:
+        """Lease the next runnable job: queued, or active with its lease run out (its worker is gone)."""
+        r = await self.pool.fetchrow(
+            """UPDATE generation_jobs SET lease_owner=$1, lease_until=now() + make_interval(secs => $2),
+                   heartbeat_at=now(), updated_at=now()
+               WHERE id = (SELECT id FROM generation_jobs
+                           WHERE status = ANY($4::text[]) AND run_after <= now()
+                             AND (lease_until IS NULL OR lease_until < now())
+                             AND tool = ANY($3::text[])
+                           ORDER BY run_after, queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+               RETURNING *""",
+            owner,
+            lease_seconds,
+            list(tools),
+            _ACTIVE,
+        )
+        return JobRecord.from_record(r) if r else None
+
+    async def heartbeat(self, job_id: UUID, owner: str, lease_seconds: float) -> bool:
+        """False when the lease is gone (expired and taken, or the job was canceled): stop working."""
+        done = await self.pool.fetchval(
+            """UPDATE generation_jobs SET lease_until=now() + make_interval(secs => $3), heartbeat_at=now()
+               WHERE id=$1 AND lease_owner=$2 AND status = ANY($4::text[]) RETURNING 1""",
+            job_id,
+            owner,
+            lease_seconds,
+            _ACTIVE,
+        )
+        return done is not None
+
+    async def release(self, job_id: UUID, owner: str) -> None:
+        """Give the job back at once (graceful shutdown) instead of letting the lease run out."""
+        await self.pool.execute(
+            "UPDATE generation_jobs SET lease_owner=NULL, lease_until=NULL WHERE id=$1 AND lease_owner=$2",
+            job_id,
+            owner,
+        )
+
+    # -- worker side: step lifecycle (all fenced by the lease) ---------------------------------------
+
+    async def start_step(
+        self, job_id: UUID, owner: str, idx: int, *, phase: JobStatus, text: str, progress: float
+    ) -> StepRecord | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _owned(conn, job_id, owner)
+            if job is None:
+                return None
+            check_transition(job.status, phase)
+            step = await _locked_step(conn, job_id, idx)
+            check_step_transition(step.status, StepStatus.RUNNING)
+            sr = await conn.fetchrow(
+                """UPDATE generation_job_steps SET status='running', attempts=attempts+1, started_at=now(),
+                       error_category=NULL, error_message=NULL
+                   WHERE job_id=$1 AND idx=$2 RETURNING *""",
+                job_id,
+                idx,
+            )
+            jr = await conn.fetchrow(
+                """UPDATE generation_jobs SET status=$2, status_text=$3, progress=$4, current_step=$5,
+                       started_at=COALESCE(started_at, now()), updated_at=now()
+                   WHERE id=$1 RETURNING *""",
+                job_id,
+                phase.value,
+                text,
+                progress,
+                idx,
+            )
+            assert sr is not None and jr is not None
+            started = StepRecord.from_record(sr)
+            await self._record(
+                conn, JobRecord.from_record(jr), "status", {"step": started.name, "attempt": started.attempts}
+            )
+            return started
+
+    async def report_progress(self, job_id: UUID, owner: str, progress: float, text: str) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _owned(conn, job_id, owner)
+            if job is None:
+                return False
+            jr = await conn.fetchrow(
+                """UPDATE generation_jobs SET progress=$2, status_text=$3, updated_at=now()
+                   WHERE id=$1 RETURNING *""",
+                job_id,
+                progress,
+                text,
+            )
+            assert jr is not None
+            await self._record(conn, JobRecord.from_record(jr), "progress", {})
+            return True
+
+    async def add_notice(self, job_id: UUID, owner: str, code: str, message: str) -> bool:
+        """Append a notice once per code: a step retried after a crash must not repeat it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _owned(conn, job_id, owner)
+            if job is None:
+                return False
+            if any(n.get("code") == code for n in job.notices):
+                return True
+            jr = await conn.fetchrow(
+                """UPDATE generation_jobs SET notices = notices || jsonb_build_array($2::jsonb),
+                       updated_at=now() WHERE id=$1 RETURNING *""",
+                job_id,
+                {"code": code, "message": message},
+            )
+            assert jr is not None
+            await self._record(conn, JobRecord.from_record(jr), "notice", {"code": code, "message": message})
+            return True
+
+    async def finish_step(
+        self,
+        job_id: UUID,
+        owner: str,
+        idx: int,
+        output: dict[str, Any],
+        *,
+        progress: float,
+        result: dict[str, Any] | None,
+        final_lease_seconds: float,
+    ) -> JobRecord | None:
+        """Persist a step's output; with ``result`` (the last step) the job completes in the same
+        transaction, so there is no moment where every step is done but the job is not."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _owned(conn, job_id, owner)
+            if job is None:
+                return None
+            step = await _locked_step(conn, job_id, idx)
+            check_step_transition(step.status, StepStatus.SUCCEEDED)
+            await conn.execute(
+                """UPDATE generation_job_steps SET status='succeeded', output=$3, finished_at=now()
+                   WHERE job_id=$1 AND idx=$2""",
+                job_id,
+                idx,
+                output,
+            )
+            if result is None:
+                jr = await conn.fetchrow(
+                    """UPDATE generation_jobs SET current_step=$2, progress=$3, updated_at=now()
+                       WHERE id=$1 RETURNING *""",
+                    job_id,
+                    idx + 1,
+                    progress,
+                )
+                assert jr is not None
+                return JobRecord.from_record(jr)
+            check_transition(job.status, JobStatus.COMPLETED)
+            jr = await conn.fetchrow(
+                f"""UPDATE generation_jobs SET status='completed', current_step=$2, progress=1,
+                        status_text='completed', result=$3, finished_at=now(), updated_at=now(),
+                        {_final_reset(4)}
+                    WHERE id=$1 RETURNING *""",
+                job_id,
+                idx + 1,
+                result,
+                final_lease_seconds,
+            )
+            assert jr is not None
+            done = JobRecord.from_record(jr)
+            await self._record(conn, done, "status", {"step": step.name})
+            return done
+
+    async def schedule_retry(
+        self, job_id: UUID, owner: str, idx: int, error: GenerationError, delay_seconds: float
+    ) -> JobRecord | None:
+        """Put the step back to pending and the job out of reach until the backoff has passed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _owned(conn, job_id, owner)
+            if job is None:
+                return None
+            step = await _locked_step(conn, job_id, idx)
+            check_step_transition(step.status, StepStatus.PENDING)
+            await conn.execute(
+                """UPDATE generation_job_steps SET status='pending', error_category=$3, error_message=$4
+                   WHERE job_id=$1 AND idx=$2""",
+                job_id,
+                idx,
+                error.category.value,
+                error.message,
+            )
+            text = f"{step.name}: temporary error, retrying in {delay_seconds:.0f}s"
+            jr = await conn.fetchrow(
+                """UPDATE generation_jobs SET run_after=now() + make_interval(secs => $2), lease_owner=NULL,
+                       lease_until=NULL, status_text=$3, updated_at=now()
+                   WHERE id=$1 RETURNING *""",
+                job_id,
+                delay_seconds,
+                text,
+            )
+            assert jr is not None
+            updated = JobRecord.from_record(jr)
+            await self._record(
+                conn,
+                updated,
+                "status",
+                {"step": step.name, "retry_in_seconds": round(delay_seconds, 3), "error": error.message},
+            )
+            return updated
+
+    async def fail(
+        self,
+        job_id: UUID,
+        owner: str,
+        idx: int | None,
+        error: GenerationError,
+        *,
+        final_lease_seconds: float,
+    ) -> JobRecord | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _owned(conn, job_id, owner)
+            if job is None:
+                return None
+            step_name: str | None = None
+            if idx is not None:
+                step = await _locked_step(conn, job_id, idx)
+                # A step that was never started again (attempts used up by dead workers) is still
+                # 'running' here, which may go to failed; a pending one is marked as if it had run.
+                if step.status is StepStatus.PENDING:
+                    await conn.execute(
+                        "UPDATE generation_job_steps SET status='running' WHERE job_id=$1 AND idx=$2",
+                        job_id,
+                        idx,
+                    )
+                else:
+                    check_step_transition(step.status, StepStatus.FAILED)
+                await conn.execute(
+                    """UPDATE generation_job_steps SET status='failed', error_category=$3, error_message=$4,
+                           finished_at=now() WHERE job_id=$1 AND idx=$2""",
+                    job_id,
+                    idx,
+                    error.category.value,
+                    error.message,
+                )
+                step_name = step.name
+            check_transition(job.status, JobStatus.FAILED)
+            jr = await conn.fetchrow(
+                f"""UPDATE generation_jobs SET status='failed', status_text='failed', failure_category=$2,
+                        failure_code=$3, failure_message=$4, failed_step=$5, finished_at=now(),
+                        updated_at=now(), {_final_reset(6)}
+                    WHERE id=$1 RETURNING *""",
+                job_id,
+                error.category.value,
+                error.code,
+                error.message,
+                step_name,
+                final_lease_seconds,
+            )
+            assert jr is not None
+            failed = JobRecord.from_record(jr)
+            await self._record(conn, failed, "status", {"step": step_name, "category": error.category.value})
+            return failed
+
+    # -- API side --------------------------------------------------------------------------------------
+
+    async def cancel(self, job_id: UUID) -> tuple[JobRecord, bool]:
+        """Cancel an active job (True); a final job is returned unchanged (False). A worker running it
+        stops at its next heartbeat (the lease is cleared here, and every write it attempts is fenced)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _locked_job(conn, job_id)
+            if job.status.final:
+                return job, False
+            check_transition(job.status, JobStatus.CANCELED)
+            jr = await conn.fetchrow(
+                f"""UPDATE generation_jobs SET status='canceled', status_text='canceled', finished_at=now(),
+                        updated_at=now(), {_final_reset(2)}
+                    WHERE id=$1 RETURNING *""",
+                job_id,
+                0.0,  # no lease on the hook: any worker's sweep may call it at once
+            )
+            assert jr is not None
+            canceled = JobRecord.from_record(jr)
+            await self._record(conn, canceled, "status", {})
+            return canceled, True
+
+    async def retry(self, job_id: UUID, *, progress: float) -> JobRecord:
+        """Re-queue a failed job at its failed step; finished steps keep their outputs."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await _locked_job(conn, job_id)
+            try:
+                check_transition(job.status, JobStatus.QUEUED)
+            except IllegalTransition:
+                raise JobNotRetryable(
+                    f"job {job_id} is {job.status}, only failed jobs can be retried"
+                ) from None
+            await conn.execute(
+                """UPDATE generation_job_steps SET status='pending', attempts=0, error_category=NULL,
+                       error_message=NULL, finished_at=NULL
+                   WHERE job_id=$1 AND status IN ('failed', 'running')""",
+                job_id,
+            )
+            jr = await conn.fetchrow(
+                """UPDATE generation_jobs SET status='queued', status_text='queued for retry', progress=$2,
+                       runs=runs+1, run_after=now(), lease_owner=NULL, lease_until=NULL, finished_at=NULL,
+                       failure_category=NULL, failure_code=NULL, failure_message=NULL, failed_step=NULL,
+                       final_handled=false, final_attempts=0, final_error=NULL, final_lease_until=NULL,
+                       updated_at=now()
+                   WHERE id=$1 RETURNING *""",
+                job_id,
+                progress,
+            )
+            assert jr is not None
+            queued = JobRecord.from_record(jr)
+            await self._record(
+                conn, queued, "status", {"retry_of_run": job.runs, "resume_step": job.failed_step}
+            )
+            return queued
+
+    async def set_payment(
+        self,
+        job_id: UUID,
+        *,
+        challenge_id: str | None = None,
+        tx_hash: str | None = None,
+        settlement_status: str | None = None,
+    ) -> JobRecord:
+        """Opaque payment bookkeeping for the API layer; None leaves a field as it is."""
+        r = await self.pool.fetchrow(
+            """UPDATE generation_jobs SET payment_challenge_id=COALESCE($2, payment_challenge_id),
+                   payment_tx_hash=COALESCE($3, payment_tx_hash),
+                   settlement_status=COALESCE($4, settlement_status), updated_at=now()
+               WHERE id=$1 RETURNING *""",
+            job_id,
+            challenge_id,
+            tx_hash,
+            settlement_status,
+        )
+        if r is None:
+            raise JobNotFound(str(job_id))
+        return JobRecord.from_record(r)
+
+    # -- settlement hook bookkeeping -------------------------------------------------------------------
+
+    async def claim_final(self, lease_seconds: float) -> JobRecord | None:
+        """A final job whose on_final has not succeeded yet and is due, leased so one worker calls it."""
+        r = await self.pool.fetchrow(
+            """UPDATE generation_jobs SET final_lease_until=now() + make_interval(secs => $1)
+               WHERE id = (SELECT id FROM generation_jobs
+                           WHERE NOT final_handled AND status = ANY($2::text[])
+                             AND final_next_attempt_at <= now()
+                             AND (final_lease_until IS NULL OR final_lease_until < now())
+                           ORDER BY final_next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+               RETURNING *""",
+            lease_seconds,
+            _FINAL,
+        )
+        return JobRecord.from_record(r) if r else None
+
+    async def mark_final_handled(self, job: JobRecord) -> bool:
+        # Fenced on runs and status: if the job was retried meanwhile, this outcome is no longer current.
+        done = await self.pool.fetchval(
+            """UPDATE generation_jobs SET final_handled=true, final_lease_until=NULL, final_error=NULL
+               WHERE id=$1 AND runs=$2 AND status=$3 RETURNING 1""",
+            job.id,
+            job.runs,
+            job.status.value,
+        )
+        return done is not None
+
+    async def defer_final(self, job: JobRecord, delay_seconds: float, error: str) -> None:
+        await self.pool.execute(
+            """UPDATE generation_jobs SET final_attempts=final_attempts+1, final_error=$4,
+                   final_next_attempt_at=now() + make_interval(secs => $3), final_lease_until=NULL
+               WHERE id=$1 AND runs=$2 AND NOT final_handled""",
+            job.id,
+            job.runs,
+            delay_seconds,
+            error[:1000],
+        )
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    async def _record(self, conn: Any, job: JobRecord, kind: str, detail: dict[str, Any]) -> None:
+        await conn.execute(
+            """INSERT INTO generation_job_events (job_id, kind, status, progress, text, detail)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            job.id,
+            kind,
+            job.status.value,
+            job.progress,
+            job.status_text,
+            detail,
+        )
+        # Delivered at commit, so a follower woken by it always finds the row.
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(job.id))
+        if job.webhook_url is None:
+            return
+        if kind == "status" and job.status.final:
+            await outbox.enqueue(conn, job.id, outbox.final_event_type(job.status.value), job.public_view())
+        elif job.webhook_progress and job.status.active:
+            await outbox.enqueue_progress(conn, job.id, job.public_view(), self._progress_interval)
+
+
+# Final statuses hand the job to the settlement hook: $N is the lease the finishing worker keeps on it, so
+# it calls on_final right away while the sweep of other workers leaves it alone.
+_FINAL_RESET = (
+    "lease_owner=NULL, lease_until=NULL, final_handled=false, final_attempts=0, final_error=NULL, "
+    "final_next_attempt_at=now(), final_lease_until=now() + make_interval(secs => $%s)"
+)
+
+
+def _final_reset(param: int) -> str:
+    return _FINAL_RESET % param
+
+
+async def _locked_job(conn: Any, job_id: UUID) -> JobRecord:
+    r = await conn.fetchrow("SELECT * FROM generation_jobs WHERE id=$1 FOR UPDATE", job_id)
+    if r is None:
+        raise JobNotFound(str(job_id))
+    return JobRecord.from_record(r)
+
+
+async def _owned(conn: Any, job_id: UUID, owner: str) -> JobRecord | None:
+    """The job, locked, if ``owner`` still holds an active lease on it; otherwise None (stop working)."""
+    r = await conn.fetchrow("SELECT * FROM generation_jobs WHERE id=$1 FOR UPDATE", job_id)
+    if r is None:
+        return None
+    job = JobRecord.from_record(r)
+    if job.lease_owner != owner or not job.status.active:
+        return None
+    return job
+
+
+async def _locked_step(conn: Any, job_id: UUID, idx: int) -> StepRecord:
+    r = await conn.fetchrow(
+        "SELECT * FROM generation_job_steps WHERE job_id=$1 AND idx=$2 FOR UPDATE", job_id, idx
+    )
+    if r is None:
+        raise JobNotFound(f"{job_id} step {idx}")
+    return StepRecord.from_record(r)

@@ -1,0 +1,1 @@
+"""SQL migrations of the generation engine (namespace "generation")."""

@@ -1,0 +1,1 @@
+"""Music providers, prompt refinement and provider-safe rewrites."""

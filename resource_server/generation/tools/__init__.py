@@ -1,0 +1,1 @@
+"""Concrete tools (pipelines) assembled from the engine, the providers and the artifact store."""

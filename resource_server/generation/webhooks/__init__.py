@@ -1,0 +1,1 @@
+"""Signed, durable, SSRF-guarded webhook deliveries of job events."""
