@@ -15,6 +15,9 @@ import orjson
 from devstack.stackfile import DEFAULT_STACK_FILE, StackFileError, read_stack_file
 from shared.evm.address import is_address
 
+from . import pay_command
+from .keys import DEFAULT_KEY_ENV
+from .pay_report import print_outcome as print_pay_outcome
 from .receipts import TX_HASH, ReceiptReport, ReceiptUnavailable, TokenInfo, verify_receipt
 
 EXIT_OK = 0
@@ -159,6 +162,98 @@ def report_json(report: ReceiptReport) -> str:
     ).decode()
 
 
+# -- x402 pay -------------------------------------------------------------------------------------------
+
+
+def add_pay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "pay",
+        # Without this, `--key 0x…` would be taken as `--key-env 0x…`: a key typed into argv by mistake.
+        allow_abbrev=False,
+        help="request a URL, paying its x402 challenge within spending limits",
+        description="Request URL; if it answers 402, pick an option the limits allow, sign an EIP-3009 "
+        "authorization with the local key and send the request again with it (x402 v2 PAYMENT-SIGNATURE or "
+        "v1 X-PAYMENT). A network failure of the paid request is retried with the same signed payment, "
+        "never a new one. The body goes to stdout, status, payment and settlement to stderr.",
+        epilog=f"The key is read from ${DEFAULT_KEY_ENV} (or --key-env VAR), else from the stack file's "
+        "payer_private_key; it is never taken from the command line. Exit codes: 0 paid (or free) and "
+        "served, 1 refused (over a limit, no acceptable option, payment refused, receipt not verified), "
+        "2 usage error, 3 network or server error.",
+    )
+    parser.add_argument("url", metavar="URL")
+    parser.add_argument(
+        "--method",
+        type=str.upper,
+        choices=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        help="HTTP method (default POST with --data, else GET)",
+    )
+    parser.add_argument(
+        "--data", type=pay_command.data_arg, metavar="JSON|@FILE", help="request body: JSON, or a file as is"
+    )
+    parser.add_argument(
+        "--header",
+        type=pay_command.header_arg,
+        action="append",
+        metavar="NAME:VALUE",
+        help="extra request header (repeatable)",
+    )
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument(
+        "--max-amount",
+        type=pay_command.usd_arg,
+        metavar="USD",
+        help=f"most to pay per request, in dollars, for known USD stablecoins (default "
+        f"{pay_command.DEFAULT_MAX_USD})",
+    )
+    limit.add_argument(
+        "--max-atomic",
+        type=pay_command.atomic_arg,
+        metavar="N",
+        help="most to pay per request, in the token's base units (any token; combine with --asset)",
+    )
+    parser.add_argument(
+        "--network",
+        action="append",
+        metavar="NETWORK",
+        help="allowed network, CAIP-2 or v1 name (repeatable; default any)",
+    )
+    parser.add_argument(
+        "--asset", action="append", metavar="ADDRESS|SYMBOL", help="allowed token (repeatable; default any)"
+    )
+    parser.add_argument(
+        "--key-env",
+        type=pay_command.env_name_arg,
+        metavar="VAR",
+        help=f"environment variable holding the key ({DEFAULT_KEY_ENV})",
+    )
+    parser.add_argument(
+        "--stack",
+        dest="pay_stack",
+        type=Path,
+        metavar="FILE",
+        help="x402-dev stack file to take the key (and --verify-receipt's endpoints) from",
+    )
+    parser.add_argument(
+        "--timeout", type=pay_command.seconds_arg, default=30.0, metavar="SECONDS", help="per HTTP request"
+    )
+    parser.add_argument(
+        "--verify-receipt",
+        action="store_true",
+        help="check the facilitator's signed receipt of the settlement and the chain, as `x402 receipt` does",
+    )
+    parser.add_argument("--facilitator", metavar="URL", help="facilitator base URL, for --verify-receipt")
+    parser.add_argument("--rpc-url", metavar="URL", help="JSON-RPC endpoint, for --verify-receipt")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
+    parser.set_defaults(handler=run_pay)
+
+
+def run_pay(args: argparse.Namespace) -> int:
+    stack_path: Path = args.pay_stack or args.stack
+    plan, outcome = pay_command.run(args, stack_defaults(stack_path), stack_path)
+    print_pay_outcome(plan, outcome, as_json=args.json)
+    return outcome.exit_code
+
+
 # -- entry point ----------------------------------------------------------------------------------------
 
 
@@ -173,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_receipt(subparsers)
+    add_pay(subparsers)
     return parser
 
 

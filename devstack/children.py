@@ -22,7 +22,6 @@ class StartupError(RuntimeError):
     pass
 
 
-
 class ChildProcess:
     def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: Path) -> None:
         self.name = name

@@ -7,217 +7,60 @@ server scheme and its default asset table (Base Sepolia USDC, which the dev chai
 address), the ``x402HttpxClient`` (async) and ``wrapRequestsWithPayment`` (sync) paying clients with the
 ``exact`` EVM client scheme, and the ``HTTPFacilitatorClient`` talking to /supported, /verify and /settle.
 
-How the pieces run
-------------------
-The SDK's resource server runs in its own thread with its own event loop (uvicorn), like a separate service.
-That is required, not cosmetic: ``HTTPFacilitatorClient.get_supported()`` is synchronous by design (it uses
-a blocking ``httpx.Client``) and ``PaymentMiddlewareASGI`` calls it from inside the event loop when
-Starlette builds the middleware stack on the first request. On the test's loop, where our facilitator is
-also served, that blocking call would wait for a facilitator that can no longer run. (Same reason the
-direct ``get_supported()`` calls below go through ``asyncio.to_thread``.)
-
-A failed SDK start-up (``RouteConfigurationError`` / ``FacilitatorCapabilityError``, e.g. if our /supported
-stopped listing eip155:84532) makes the SDK call ``os._exit(1)``; ``x402.http.background_init._process_exit``
-is the hook the SDK documents for tests, and is replaced here so such a failure fails the test instead of
-killing pytest.
-
-x402 v1
--------
-SDK 2.25 keeps v1 only on the client and facilitator-client side: ``x402Client.register_v1`` with
-``ExactEvmSchemeV1`` (legacy network names, ``X-PAYMENT`` header, 402 body parsing), and
-``HTTPFacilitatorClient.verify/settle`` accepting ``PaymentPayloadV1`` / ``PaymentRequirementsV1``. Its
-resource server is v2 only: ``x402ResourceServer`` has no ``register_v1``, ``register_exact_evm_server`` is
-documented "V2 only (no server-side for V1)", the 402 it builds is always ``x402Version: 2`` in a
-``PAYMENT-REQUIRED`` header, and ``_extract_payment`` reads only ``PAYMENT-SIGNATURE``. So the v1 test serves
-its 402 from a minimal hand-written route implementing the v1 HTTP transport (402 JSON body, ``X-PAYMENT``
-in, ``X-PAYMENT-RESPONSE`` out) built only from SDK models and SDK header codecs, and verifies/settles
-through the SDK's ``HTTPFacilitatorClient``; the paying side is the stock SDK v1 client.
+The SDK resource server and its hand-written x402 v1 route live in ``tests/support/sdk.py``; see its
+docstring for why the server runs in a thread of its own and why v1 needs a route by hand. The direct
+``get_supported()`` calls below go through ``asyncio.to_thread`` for the same reason the server has its own
+thread: that SDK call blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import requests
-import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from x402 import x402Client, x402ClientSync, x402ResourceServer
+from x402 import x402Client, x402ClientSync
 from x402.http import (
-    AuthHeaders,
-    FacilitatorConfig,
     HTTPFacilitatorClient,
     HTTPFacilitatorClientSync,
-    PaymentOption,
-    RouteConfig,
-    background_init,
     decode_payment_required_header,
     decode_payment_response_header,
-    decode_payment_signature_header,
-    encode_payment_response_header,
 )
 from x402.http.clients import wrapRequestsWithPayment, x402HttpxClient
-from x402.http.middleware.fastapi import PaymentMiddlewareASGI
-from x402.mechanisms.evm import EthAccountSigner
-from x402.mechanisms.evm.exact import ExactEvmClientScheme, ExactEvmServerScheme
+from x402.mechanisms.evm.exact import ExactEvmClientScheme
 from x402.mechanisms.evm.exact.v1.client import ExactEvmSchemeV1
 from x402.schemas import PaymentRequired, PaymentRequirements
-from x402.schemas.v1 import PaymentPayloadV1, PaymentRequiredV1, PaymentRequirementsV1
 
 from shared.devchain.chain import DevChain
-from tests.fixtures.facilitator import API_KEY, RunningFacilitator, free_port
+from tests.fixtures.facilitator import RunningFacilitator
 from tests.support.payments import new_address
+from tests.support.sdk import (
+    BODY,
+    NETWORK,
+    PRICE_ATOMIC,
+    ROUTE,
+    V1_NETWORK,
+    V1_ROUTE,
+    ResourceServer,
+    facilitator_config,
+    raise_on_sdk_startup_failure,
+    signer,
+    start_resource_server,
+)
 
 pytestmark = pytest.mark.integration
 
-NETWORK = "eip155:84532"
-V1_NETWORK = "base-sepolia"
-PRICE = "$0.01"
-PRICE_ATOMIC = 10_000  # $0.01 in 6-decimal USDC
 FUNDS = 1_000_000
-ROUTE = "/weather"
-V1_ROUTE = "/v1/weather"
-BODY = {"report": "sunny", "temperature": 21}
-
-
-class BearerAuth:
-    """The SDK's AuthProvider protocol: our static bearer key on /verify and /settle."""
-
-    def get_auth_headers(self) -> AuthHeaders:
-        bearer = {"Authorization": f"Bearer {API_KEY}"}
-        return AuthHeaders(verify=dict(bearer), settle=dict(bearer))
-
-
-def facilitator_config(facilitator: RunningFacilitator, *, auth: bool = True) -> FacilitatorConfig:
-    return FacilitatorConfig(url=facilitator.url, timeout=30.0, auth_provider=BearerAuth() if auth else None)
-
-
-def signer(payer: LocalAccount) -> EthAccountSigner:
-    """The SDK's EVM client signer, from the payer's private key."""
-    return EthAccountSigner(Account.from_key(payer.key))
 
 
 @pytest.fixture(autouse=True)
 def sdk_startup_failures_raise(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(code: int) -> None:
-        raise RuntimeError(f"x402 SDK resource server refused to start (would have called os._exit({code}))")
-
-    monkeypatch.setattr(background_init, "_process_exit", fail)
-
-
-# ----------------------------------------------------------------------------------------------------
-# The SDK resource server, served by uvicorn in a thread of its own
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ResourceServer:
-    url: str
-    pay_to: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await asyncio.to_thread(self.thread.join, 15)
-
-
-def v1_requirements(pay_to: str, resource: str) -> PaymentRequirementsV1:
-    return PaymentRequirementsV1(
-        scheme="exact",
-        network=V1_NETWORK,
-        max_amount_required=str(PRICE_ATOMIC),
-        resource=resource,
-        description="weather report",
-        mime_type="application/json",
-        pay_to=pay_to,
-        max_timeout_seconds=300,
-        asset="0x036CbD53842c5426634e7929541eC2318f3dCF7e",
-        extra={"name": "USDC", "version": "2"},
-    )
-
-
-def build_app(facilitator: RunningFacilitator, pay_to: str) -> FastAPI:
-    client = HTTPFacilitatorClient(facilitator_config(facilitator))
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await client.aclose()
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get(ROUTE)
-    async def weather() -> dict[str, Any]:
-        return BODY
-
-    # x402 v1: the SDK has no v1 resource server, so this route is the v1 HTTP transport by hand, from SDK
-    # models and codecs, verifying and settling through the SDK's facilitator client (see module docstring).
-    @app.get(V1_ROUTE)
-    async def weather_v1(request: Request) -> JSONResponse:
-        requirements = v1_requirements(pay_to, str(request.url))
-
-        def payment_required(error: str, headers: dict[str, str] | None = None) -> JSONResponse:
-            body = PaymentRequiredV1(error=error, accepts=[requirements])
-            return JSONResponse(
-                body.model_dump(by_alias=True, exclude_none=True), status_code=402, headers=headers
-            )
-
-        header = request.headers.get("x-payment")
-        if not header:
-            return payment_required("X-PAYMENT header is required")
-        payload = decode_payment_signature_header(header)
-        if not isinstance(payload, PaymentPayloadV1):
-            return payment_required("expected an x402 v1 payment")
-        verified = await client.verify(payload, requirements)
-        if not verified.is_valid:
-            return payment_required(verified.invalid_reason or "invalid payment")
-        settled = await client.settle(payload, requirements)
-        headers = {"X-PAYMENT-RESPONSE": encode_payment_response_header(settled)}
-        if not settled.success:
-            return payment_required(settled.error_reason or "settlement failed", headers)
-        return JSONResponse(BODY, headers=headers)
-
-    server = x402ResourceServer(client)
-    # The SDK's server scheme does not type-check against its own SchemeNetworkServer protocol (SDK typing).
-    server.register(NETWORK, ExactEvmServerScheme())  # type: ignore[no-untyped-call, arg-type]
-    routes = {
-        f"GET {ROUTE}": RouteConfig(
-            accepts=PaymentOption(scheme="exact", pay_to=pay_to, price=PRICE, network=NETWORK),
-            description="weather report",
-            mime_type="application/json",
-        )
-    }
-    app.add_middleware(PaymentMiddlewareASGI, routes=routes, server=server)
-    return app
-
-
-async def start_resource_server(facilitator: RunningFacilitator) -> ResourceServer:
-    pay_to = new_address()
-    port = free_port()
-    config = uvicorn.Config(
-        build_app(facilitator, pay_to), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="sdk-resource-server", daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started:
-            return ResourceServer(f"http://127.0.0.1:{port}", pay_to, server, thread)
-        if not thread.is_alive():
-            break
-        await asyncio.sleep(0.025)
-    server.should_exit = True
-    raise RuntimeError("SDK resource server did not start")
+    raise_on_sdk_startup_failure(monkeypatch)
 
 
 @pytest.fixture
