@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import asyncpg
 import httpx
@@ -59,10 +60,11 @@ class FacilitatorProcess:
             self.proc.wait(10)
 
 
-async def _settle(url: str, body: dict) -> dict:
+async def _settle(url: str, body: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=30.0) as http:
         resp = await http.post(url + "/settle", json=body, headers={"authorization": f"Bearer {API_KEY}"})
-        return resp.json()
+        result: dict[str, Any] = resp.json()
+        return result
 
 
 async def _wait_submitted(dsn: str) -> tuple[str, str]:
@@ -78,7 +80,7 @@ async def _wait_submitted(dsn: str) -> tuple[str, str]:
     raise AssertionError("settlement never reached 'submitted'")
 
 
-async def _ledger(dsn: str) -> tuple[list, int]:
+async def _ledger(dsn: str) -> tuple[list[dict[str, Any]], int]:
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch("SELECT status, tx_hash FROM settlements")

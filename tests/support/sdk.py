@@ -179,7 +179,7 @@ def build_app(
     server = x402ResourceServer(client)
     for network in {r.network for r in paid_routes}:
         # The SDK server scheme does not type-check against its own SchemeNetworkServer protocol (SDK typing).
-        server.register(network, ExactEvmServerScheme())  # type: ignore[no-untyped-call, arg-type]
+        server.register(network, ExactEvmServerScheme())  # type: ignore[arg-type]
     routes = {
         f"GET {r.path}": RouteConfig(
             accepts=PaymentOption(
