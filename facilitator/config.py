@@ -96,6 +96,7 @@ class FacilitatorSettings(BaseSettings):
     port: int = 4020
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Path(".x402-facilitator")
+    db_pool_size: int = Field(default=32, ge=2)
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     auth_required: bool = True

@@ -12,6 +12,7 @@ from shared.rpc.eth import Eth
 from .config import NetworkSettings
 from .exact_evm.verifier import ChainView
 from .settlement.fees import FeeOracle
+from .settlement.gas import GasOracle
 from .settlement.receipts_watcher import ReceiptWatcher
 from .settlement.signers import Signer, SignerPool
 
@@ -29,6 +30,7 @@ class NetworkRuntime:
     view: ChainView
     signers: SignerPool
     fees: FeeOracle
+    gas: GasOracle
     watcher: ReceiptWatcher
 
     @classmethod
@@ -50,6 +52,7 @@ class NetworkRuntime:
                 max_fee_cap=int(settings.max_fee_per_gas_gwei * GWEI),
                 max_priority_fee=int(settings.max_priority_fee_gwei * GWEI),
             ),
+            gas=GasOracle(eth, multiplier=settings.gas_limit_multiplier),
             watcher=ReceiptWatcher(eth, poll_seconds=settings.receipt_poll_seconds),
         )
 

@@ -74,7 +74,7 @@ class Facilitator:
 
     @classmethod
     async def open(cls, settings: FacilitatorSettings, dsn: str) -> Facilitator:
-        pool = await connect_pool(dsn, min_size=2, max_size=20)
+        pool = await connect_pool(dsn, min_size=2, max_size=settings.db_pool_size)
         await migrate(pool, importlib.resources.files("facilitator.migrations"), namespace="facilitator")
         return cls(settings, pool)
 

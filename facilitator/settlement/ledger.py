@@ -14,7 +14,7 @@ import asyncpg
 
 from shared.telemetry.tracing import span
 
-from .states import Status, check_transition
+from .states import ALLOWED, Status, check_transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,17 +129,23 @@ class Ledger:
     ) -> SettlementRow | None:
         """The new row, leased to the caller; None when the authorization is already in the ledger."""
         k = new.key
-        async with span("db.settlement.insert"), self.pool.acquire() as conn, conn.transaction():
-            record = await conn.fetchrow(
+        # One statement: the row and its first audit event commit together, in one round trip.
+        async with span("db.settlement.insert"):
+            record = await self.pool.fetchrow(
                 """
-                INSERT INTO settlements (chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
-                    valid_before, network, x402_version, payload_hash, payload, requirements, calldata,
-                    status,
-                    lease_owner, lease_until)
-                VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'received',$15,
-                        now() + make_interval(secs => $16))
-                ON CONFLICT ON CONSTRAINT settlements_authorization_key DO NOTHING
-                RETURNING *
+                WITH ins AS (
+                    INSERT INTO settlements (chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
+                        valid_before, network, x402_version, payload_hash, payload, requirements, calldata,
+                        status, lease_owner, lease_until)
+                    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'received',$15,
+                            now() + make_interval(secs => $16))
+                    ON CONFLICT ON CONSTRAINT settlements_authorization_key DO NOTHING
+                    RETURNING *
+                ), ev AS (
+                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                    SELECT id, NULL, 'received', jsonb_build_object('lease_owner', $15::text) FROM ins
+                )
+                SELECT * FROM ins
                 """,
                 k.chain_id,
                 k.token,
@@ -158,10 +164,7 @@ class Ledger:
                 lease_owner,
                 lease_seconds,
             )
-            if record is None:
-                return None
-            await _event(conn, record["id"], None, Status.RECEIVED, {"lease_owner": lease_owner})
-            return SettlementRow.from_record(record)
+            return SettlementRow.from_record(record) if record is not None else None
 
     async def get_by_key(self, key: SettlementKey) -> SettlementRow | None:
         r = await self.pool.fetchrow(
@@ -222,22 +225,43 @@ class Ledger:
         """Allocates the signer's next nonce and stores the signed transaction in one database transaction,
         so no nonce is ever allocated without a transaction that can be (re)broadcast for it."""
         async with span("db.settlement.store_transaction"), self.pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchval("SELECT status FROM settlements WHERE id=$1 FOR UPDATE", row.id)
-            check_transition(Status(current), Status.SUBMITTED)
-            nonce = await conn.fetchval(
-                """UPDATE signer_nonces SET next_nonce = next_nonce + 1
-                   WHERE chain_id=$1 AND address=$2 RETURNING next_nonce - 1""",
+            # Lock the row, check the transition and take the nonce in one round trip; the nonce row stays
+            # locked until commit, so allocations of one signer are serialised across replicas.
+            locked = await conn.fetchrow(
+                """
+                WITH cur AS (SELECT status FROM settlements WHERE id = $1 FOR UPDATE),
+                     n AS (UPDATE signer_nonces SET next_nonce = next_nonce + 1
+                           WHERE chain_id = $2 AND address = $3 RETURNING next_nonce - 1 AS nonce)
+                SELECT cur.status, n.nonce FROM cur LEFT JOIN n ON true
+                """,
+                row.id,
                 row.key.chain_id,
                 signer,
             )
+            if locked is None:
+                raise RuntimeError(f"settlement {row.id} does not exist")
+            current = Status(locked["status"])
+            check_transition(current, Status.SUBMITTED)
+            nonce = locked["nonce"]
             if nonce is None:
                 raise RuntimeError(f"signer {signer} has no nonce row; sync_signer_nonce first")
             result = sign(nonce)
             signed = await result if not isinstance(result, SignedTransaction) else result
             await conn.execute(
-                """INSERT INTO settlement_transactions (tx_hash, settlement_id, chain_id, signer,
-                   signer_nonce,
-                   raw_tx, max_fee_per_gas) VALUES ($1,$2,$3,$4,$5,$6,$7)""",
+                """
+                WITH t AS (
+                    INSERT INTO settlement_transactions (tx_hash, settlement_id, chain_id, signer,
+                        signer_nonce, raw_tx, max_fee_per_gas) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ), u AS (
+                    UPDATE settlements SET status = 'submitted', tx_hash = $1, attempts = attempts + 1,
+                        submitted_at = COALESCE(submitted_at, now()), updated_at = now()
+                    WHERE id = $2
+                )
+                INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                VALUES ($2, $8, 'submitted',
+                        jsonb_build_object('tx_hash', $1::text, 'signer', $4::text,
+                                           'signer_nonce', $5::bigint))
+                """,
                 signed.tx_hash,
                 row.id,
                 row.key.chain_id,
@@ -245,19 +269,7 @@ class Ledger:
                 nonce,
                 signed.raw_tx,
                 signed.max_fee_per_gas,
-            )
-            await conn.execute(
-                """UPDATE settlements SET status='submitted', tx_hash=$2, attempts=attempts+1,
-                   submitted_at=COALESCE(submitted_at, now()), updated_at=now() WHERE id=$1""",
-                row.id,
-                signed.tx_hash,
-            )
-            await _event(
-                conn,
-                row.id,
-                Status(current),
-                Status.SUBMITTED,
-                {"tx_hash": signed.tx_hash, "signer": signer, "signer_nonce": nonce},
+                current.value,
             )
             return signed
 
@@ -294,20 +306,35 @@ class Ledger:
         error_message: str | None = None,
     ) -> SettlementRow:
         """Moves a row to a terminal state; if another process got there first, returns its row unchanged."""
-        async with span("db.settlement.finish"), self.pool.acquire() as conn, conn.transaction():
-            current = await conn.fetchval(
-                "SELECT status FROM settlements WHERE id=$1 FOR UPDATE", settlement_id
-            )
-            if Status(current).terminal:
-                r = await conn.fetchrow("SELECT * FROM settlements WHERE id=$1", settlement_id)
-                assert r is not None
-                return SettlementRow.from_record(r)
-            check_transition(Status(current), new)
-            r = await conn.fetchrow(
-                """UPDATE settlements SET status=$2, tx_hash=COALESCE($3, tx_hash), block_number=$4,
-                   block_hash=$5, gas_used=$6, error_reason=$7, error_message=$8, finalized_at=now(),
-                   updated_at=now(), lease_owner=NULL, lease_until=NULL
-                   WHERE id=$1 RETURNING *""",
+        sources = [a.value for a, b in ALLOWED if b is new]
+        detail = {
+            k: v
+            for k, v in {
+                "tx_hash": tx_hash,
+                "block_number": block_number,
+                "error_reason": error_reason,
+            }.items()
+            if v is not None
+        }
+        async with span("db.settlement.finish"):
+            # One statement: lock, move only from a status the state machine allows, record the event. A row
+            # another process already finished is left as it is, and read back.
+            r = await self.pool.fetchrow(
+                """
+                WITH cur AS (SELECT id, status FROM settlements WHERE id = $1 FOR UPDATE),
+                upd AS (
+                    UPDATE settlements s SET status = $2, tx_hash = COALESCE($3, s.tx_hash),
+                        block_number = $4, block_hash = $5, gas_used = $6,
+                        error_reason = $7, error_message = $8,
+                        finalized_at = now(), updated_at = now(), lease_owner = NULL, lease_until = NULL
+                    FROM cur WHERE s.id = cur.id AND cur.status = ANY($9::text[])
+                    RETURNING s.*
+                ), ev AS (
+                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                    SELECT upd.id, cur.status, $2, $10 FROM upd, cur
+                )
+                SELECT * FROM upd
+                """,
                 settlement_id,
                 new.value,
                 tx_hash,
@@ -316,23 +343,15 @@ class Ledger:
                 gas_used,
                 error_reason,
                 error_message,
+                sources,
+                detail,
             )
-            await _event(
-                conn,
-                settlement_id,
-                Status(current),
-                new,
-                {
-                    k: v
-                    for k, v in {
-                        "tx_hash": tx_hash,
-                        "block_number": block_number,
-                        "error_reason": error_reason,
-                    }.items()
-                    if v is not None
-                },
-            )
-            assert r is not None
+            if r is None:
+                r = await self.pool.fetchrow("SELECT * FROM settlements WHERE id = $1", settlement_id)
+                assert r is not None
+                current = Status(r["status"])
+                if not current.terminal:
+                    check_transition(current, new)  # raises: the caller asked for an illegal move
             return SettlementRow.from_record(r)
 
     async def release(self, settlement_id: int, owner: str) -> None:
@@ -385,15 +404,3 @@ class Ledger:
             settlement_id,
         )
         return [dict(r) for r in rows]
-
-
-async def _event(
-    conn: Any, settlement_id: int, old: Status | None, new: Status, detail: dict[str, Any]
-) -> None:
-    await conn.execute(
-        "INSERT INTO settlement_events (settlement_id, from_status, to_status, detail) VALUES ($1,$2,$3,$4)",
-        settlement_id,
-        old.value if old else None,
-        new.value,
-        detail,
-    )

@@ -140,7 +140,7 @@ class SettlementService:
         row = await self.ledger.get_by_key(key)
         if row is not None:
             return await self._follow(row, digest)
-        verified = await self.verifier.verify(payment, simulate=self.simulate, estimate_gas=self.simulate)
+        verified = await self.verifier.verify(payment, simulate=self.simulate)
         new = NewSettlement(
             key=key,
             pay_to=payment.requirements.pay_to,
@@ -235,21 +235,17 @@ class SettlementService:
             pending = await self.ledger.get(row.id)
             assert pending is not None
             return response_for(pending)
+        network.gas.observe(verified, int(receipt.get("gasUsed", "0x0"), 16))
         return response_for(await self.finalize(row, receipt, signed.tx_hash))
 
     async def _submit(
         self, row: SettlementRow, verified: VerifiedPayment, network: NetworkRuntime
     ) -> tuple[SignedTransaction, Signer]:
         """Stores and broadcasts one transaction; the caller owns releasing the signer."""
-        gas = verified.gas_estimate
-        if gas is None:
-            try:
-                gas = await network.eth.estimate_gas(
-                    network.signers.addresses[0], verified.target, verified.calldata
-                )
-            except RpcError as exc:
-                raise _SubmitFailed(reasons.SIMULATION_FAILED, exc.revert_reason) from None
-        gas_limit = int(gas * network.settings.gas_limit_multiplier)
+        try:
+            gas_limit = await network.gas.limit_for(verified, network.signers.addresses[0])
+        except RpcError as exc:
+            raise _SubmitFailed(reasons.SIMULATION_FAILED, exc.revert_reason) from None
         try:
             fees = await network.fees.quote()
         except FeeCapExceeded as exc:

@@ -6,11 +6,13 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass
 
+from coincurve import PrivateKey
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_typing import Hash32, HexStr
+from eth_typing import Hash32
 
 from .ledger import SignedTransaction
+from .tx_signing import sign_eip1559_call
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,7 @@ class FeeQuote:
 class Signer:
     def __init__(self, private_key: str) -> None:
         self._account: LocalAccount = Account.from_key(private_key)
+        self._key = PrivateKey(bytes(self._account.key))
         self.address: str = self._account.address
 
     def __repr__(self) -> str:  # never print the key
@@ -30,24 +33,18 @@ class Signer:
     def sign_call(
         self, *, chain_id: int, nonce: int, to: str, data: bytes, gas: int, fees: FeeQuote
     ) -> SignedTransaction:
-        signed = self._account.sign_transaction(
-            {
-                "type": 2,
-                "chainId": chain_id,
-                "nonce": nonce,
-                "to": HexStr(to),
-                "value": 0,
-                "data": data,
-                "gas": gas,
-                "maxFeePerGas": fees.max_fee_per_gas,
-                "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
-            }
+        raw, tx_hash = sign_eip1559_call(
+            self._key,
+            chain_id=chain_id,
+            nonce=nonce,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            max_fee_per_gas=fees.max_fee_per_gas,
+            gas=gas,
+            to=to,
+            data=data,
         )
         return SignedTransaction(
-            tx_hash="0x" + bytes(signed.hash).hex(),
-            raw_tx=bytes(signed.raw_transaction),
-            nonce=nonce,
-            max_fee_per_gas=fees.max_fee_per_gas,
+            tx_hash="0x" + tx_hash.hex(), raw_tx=raw, nonce=nonce, max_fee_per_gas=fees.max_fee_per_gas
         )
 
     def sign_message_hash(self, digest: bytes) -> bytes:
