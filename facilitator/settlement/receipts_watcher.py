@@ -1,8 +1,9 @@
 """One poller per network that fetches receipts for every awaited transaction in batched requests, so a
 thousand concurrent settlements cost a few requests per block rather than a thousand per poll.
 
-A newly awaited hash is looked up at once: with automine (and on fast chains) its receipt usually exists
-already. Everything still pending is looked up again only when the chain head moves, since a receipt can
+A newly awaited hash is looked up at once and, while it is missing, again after 2, 4, 8, 16 and 32 ms: a
+node can answer eth_sendRawTransaction a moment before the receipt of an instantly mined block is
+readable. Everything still pending is looked up again only when the chain head moves, since a receipt can
 only appear in a new block; `full_poll_seconds` is a fallback for nodes whose head lags."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from shared.rpc.errors import RpcError, RpcUnavailable
 from shared.rpc.eth import Eth, to_int
 
 MAX_BATCH = 500
+FAST_RETRIES = 5
+FAST_RETRY_BASE_SECONDS = 0.002
 
 
 class ReceiptWatcher:
@@ -24,7 +27,7 @@ class ReceiptWatcher:
         self.poll_seconds = poll_seconds
         self.full_poll_seconds = full_poll_seconds
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
-        self._fresh: set[str] = set()
+        self._fresh: dict[str, int] = {}  # hash -> fast lookups so far
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._head: int | None = None
@@ -45,7 +48,7 @@ class ReceiptWatcher:
         """The receipt, or None if it did not arrive within `timeout` seconds."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(tx_hash, []).append(fut)
-        self._fresh.add(tx_hash)
+        self._fresh[tx_hash] = 0
         self._wake.set()
         try:
             return await asyncio.wait_for(fut, timeout)
@@ -58,7 +61,7 @@ class ReceiptWatcher:
                     waiters.remove(fut)
                 if not waiters:
                     self._waiters.pop(tx_hash, None)
-                    self._fresh.discard(tx_hash)
+                    self._fresh.pop(tx_hash, None)
 
     async def _run(self) -> None:
         while True:
@@ -69,16 +72,25 @@ class ReceiptWatcher:
             with contextlib.suppress(RpcUnavailable, RpcError):
                 await self._poll_once()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), self._next_delay())
+
+    def _next_delay(self) -> float:
+        if not self._fresh:
+            return self.poll_seconds
+        return min(self.poll_seconds, FAST_RETRY_BASE_SECONDS * 2 ** min(self._fresh.values()))
 
     async def _poll_once(self) -> None:
-        fresh = [h for h in self._fresh if h in self._waiters]
-        self._fresh = set()
+        attempts = {h: n for h, n in self._fresh.items() if h in self._waiters}
+        fresh = list(attempts)
+        self._fresh = {}
         # One request: the head and the fresh hashes (the RPC client coalesces concurrent calls).
         head_reply, fresh_replies = await asyncio.gather(
             self.eth.rpc.call("eth_blockNumber"), self._lookup(fresh[:MAX_BATCH])
         )
         self._deliver(fresh[:MAX_BATCH], fresh_replies)
+        for tx_hash in fresh:
+            if tx_hash in self._waiters and attempts[tx_hash] + 1 < FAST_RETRIES:
+                self._fresh[tx_hash] = attempts[tx_hash] + 1
         head, now = to_int(head_reply), time.monotonic()
         if head == self._head and now - self._last_full < self.full_poll_seconds and len(fresh) <= MAX_BATCH:
             return
