@@ -30,7 +30,7 @@ import orjson
 
 from bench.loadgen import CellResult, build_request, http_get, run_cell
 from bench.payments import Payer, Payment, TokenInfo, make_payer, make_payments, new_addresses
-from bench.procs import REPO_ROOT, CpuMeter, PySpy, Server, postgres_pids, start_server
+from bench.procs import REPO_ROOT, CpuMeter, PySpy, Server, child_pids, postgres_pids, start_server
 from shared.devchain.chain import DevChain
 from shared.storage.database import resolve_database_url
 
@@ -194,7 +194,7 @@ class Bench:
                     "settings": a.ours_settings,
                     "network_settings": a.ours_network_settings,
                     "sniffio_shim": a.exp_sniffio_shim,
-                    "rpc_max_connections": a.exp_rpc_max_connections,
+                    "workers": a.ours_workers,
                 },
                 self.workdir,
             )
@@ -213,7 +213,7 @@ class Bench:
             )
         groups: dict[str, Any] = {"client": lambda: [__import__("os").getpid()]}
         for name, server in self.servers.items():
-            groups[name] = lambda s=server: [s.pid]
+            groups[name] = lambda s=server: [s.pid, *child_pids(s.pid)]
         groups["anvil"] = lambda: [chain.anvil.pid]
         groups["postgres"] = lambda: postgres_pids(pg_dir)
         self.meter = CpuMeter(groups)
@@ -569,16 +569,11 @@ class Bench:
         )
         lines.append(
             f"Chain: Anvil, {'automine' if a.block_time is None else f'block time {a.block_time}s'}; "
-            f"x402 v{a.x402_version}; ours: {a.our_signers} signer key(s); "
+            f"x402 v{a.x402_version}; ours: {a.our_signers} signer key(s), {a.ours_workers} worker(s); "
             f"sdk: 1 key, mode {a.sdk_mode}, {a.sdk_threads} threads"
             + (f"; ours settings {a.ours_settings}" if a.ours_settings else "")
             + (f"; ours network settings {a.ours_network_settings}" if a.ours_network_settings else "")
             + ("; EXPERIMENT sniffio shim" if a.exp_sniffio_shim else "")
-            + (
-                f"; EXPERIMENT rpc max_connections {a.exp_rpc_max_connections}"
-                if a.exp_rpc_max_connections
-                else ""
-            )
         )
         lines.append("")
         matrix = [r for r in self.rows if r.phase in ("verify", "settle")]
@@ -732,6 +727,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amount", type=int, default=1000, help="base amount in USDC base units (varies +0..96)")
     p.add_argument("--x402-version", type=int, choices=[1, 2], default=2)
     p.add_argument("--our-signers", type=int, default=4, help="signer keys for our facilitator (1-5)")
+    p.add_argument("--ours-workers", type=int, default=1, help="uvicorn worker processes for our facilitator")
     p.add_argument("--sdk-mode", choices=["thread", "inline"], default="thread")
     p.add_argument("--sdk-threads", type=int, default=32)
     p.add_argument(
@@ -766,12 +762,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--exp-sniffio-shim",
         action="store_true",
         help="experiment: give both servers a stand-in `sniffio` module (see bench/serve.py)",
-    )
-    p.add_argument(
-        "--exp-rpc-max-connections",
-        type=int,
-        default=0,
-        help="experiment: cap our JSON-RPC client's httpx pool (product: 64, not configurable)",
     )
     p.add_argument(
         "--py-spy", default="", help="folder: record py-spy raw stacks of each cell of --py-spy-targets"

@@ -102,6 +102,14 @@ def postgres_pids(data_dir: Path) -> list[int]:
         return []
 
 
+def child_pids(pid: int) -> list[int]:
+    """Worker processes of a multi-process server."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 class CpuMeter:
     """CPU seconds per named group of processes, and of the whole machine, between two snapshots."""
 

@@ -10,6 +10,7 @@ The benchmark starts each target as its own process so the load generator never 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,29 +72,25 @@ def install_sniffio_shim() -> None:
     sys.modules["sniffio"] = shim
 
 
-def limit_rpc_connections(limit: int) -> None:
-    """Experiment only (--exp-rpc-max-connections): our JsonRpcClient's httpx pool is built with
-    max_connections=64 (not a setting); httpcore scans every pooled connection on each request."""
-    from shared.rpc import client
-
-    original = client.JsonRpcClient.__init__
-
-    def patched(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["max_connections"] = limit
-        original(self, *args, **kwargs)
-
-    client.JsonRpcClient.__init__ = patched  # type: ignore[method-assign]
+def worker_app() -> Any:
+    """App factory for multi-process serving: each uvicorn worker reads the config named in the env."""
+    return ours_app(json.loads(Path(os.environ["BENCH_SERVE_CONFIG"]).read_text()))
 
 
 def main(argv: list[str]) -> None:
     cfg = json.loads(Path(argv[0]).read_text())
     if cfg.get("sniffio_shim"):
         install_sniffio_shim()
-    if cfg.get("rpc_max_connections"):
-        limit_rpc_connections(int(cfg["rpc_max_connections"]))
-    app = ours_app(cfg) if cfg["kind"] == "ours" else sdk_app(cfg)
+    workers = int(cfg.get("workers") or 1)
+    if cfg["kind"] == "ours" and workers > 1:
+        os.environ["BENCH_SERVE_CONFIG"] = argv[0]
+        app: Any = "bench.serve:worker_app"
+    else:
+        app = ours_app(cfg) if cfg["kind"] == "ours" else sdk_app(cfg)
     uvicorn.run(
         app,
+        factory=isinstance(app, str),
+        workers=workers if isinstance(app, str) else None,
         host="127.0.0.1",
         port=cfg["port"],
         log_level="warning",

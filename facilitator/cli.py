@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="x402-facilitator", description=__doc__)
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--workers", type=int, help="worker processes (default: X402_WORKERS or 1)")
     args = parser.parse_args(argv)
     settings = FacilitatorSettings()
     configure_logging(settings.log_level, json=settings.log_json)
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=settings.data_dir,
         host=args.host or settings.host,
         port=args.port or settings.port,
+        workers=args.workers or settings.workers,
+        factory="facilitator.asgi:create_app_from_env",
     )
 
 

@@ -94,6 +94,7 @@ class FacilitatorSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 4020
+    workers: int = Field(default=1, ge=1)  # processes; they coordinate through the database like replicas
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Path(".x402-facilitator")
     db_pool_size: int = Field(default=32, ge=2)

@@ -46,11 +46,15 @@ def payment_from_wire(payload: dict[str, Any], requirements: dict[str, Any]) -> 
     try:
         if version == 2:
             return payment_from_v2(
-                PaymentPayloadV2.model_validate(payload), PaymentRequirementsV2.model_validate(requirements)
+                PaymentPayloadV2.model_validate(payload),
+                PaymentRequirementsV2.model_validate(requirements),
+                (payload, requirements),
             )
         if version == 1:
             return payment_from_v1(
-                PaymentPayloadV1.model_validate(payload), PaymentRequirementsV1.model_validate(requirements)
+                PaymentPayloadV1.model_validate(payload),
+                PaymentRequirementsV1.model_validate(requirements),
+                (payload, requirements),
             )
     except ValidationError as exc:
         raise BadRequest(f"invalid x402 v{version} request: {describe_validation_error(exc)}") from None

@@ -118,7 +118,12 @@ def parse_exact_payload(payload: dict[str, Any]) -> tuple[Authorization, bytes]:
     return auth, signature
 
 
-def payment_from_v2(payload: PaymentPayloadV2, requirements: PaymentRequirementsV2) -> ExactPayment:
+def payment_from_v2(
+    payload: PaymentPayloadV2,
+    requirements: PaymentRequirementsV2,
+    raw: tuple[dict[str, Any], dict[str, Any]] | None = None,
+) -> ExactPayment:
+    """`raw`: the request's own JSON objects, stored as received (re-serialising models costs every call)."""
     reqs = requirements_from_wire(2, requirements)
     auth, sig = parse_exact_payload(payload.payload)
     return ExactPayment(
@@ -128,12 +133,16 @@ def payment_from_v2(payload: PaymentPayloadV2, requirements: PaymentRequirements
         requirements=reqs,
         authorization=auth,
         signature=sig,
-        wire_payload=payload.to_wire(),
-        wire_requirements=requirements.to_wire(),
+        wire_payload=raw[0] if raw else payload.to_wire(),
+        wire_requirements=raw[1] if raw else requirements.to_wire(),
     )
 
 
-def payment_from_v1(payload: PaymentPayloadV1, requirements: PaymentRequirementsV1) -> ExactPayment:
+def payment_from_v1(
+    payload: PaymentPayloadV1,
+    requirements: PaymentRequirementsV1,
+    raw: tuple[dict[str, Any], dict[str, Any]] | None = None,
+) -> ExactPayment:
     reqs = requirements_from_wire(1, requirements)
     auth, sig = parse_exact_payload(payload.payload)
     return ExactPayment(
@@ -143,6 +152,6 @@ def payment_from_v1(payload: PaymentPayloadV1, requirements: PaymentRequirements
         requirements=reqs,
         authorization=auth,
         signature=sig,
-        wire_payload=payload.to_wire(),
-        wire_requirements=requirements.to_wire(),
+        wire_payload=raw[0] if raw else payload.to_wire(),
+        wire_requirements=raw[1] if raw else requirements.to_wire(),
     )

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from shared.evm import erc6492
-from shared.evm.signatures import EcdsaSignature, SignatureError, parse_ecdsa, recover_signer
+from shared.evm.hashing import checksum_address
+from shared.evm.signatures import (
+    EcdsaSignature,
+    SignatureError,
+    parse_ecdsa,
+    recover_signer,
+    recover_signer_bytes,
+)
 from shared.x402 import reasons
 
 from .payment import Rejected
@@ -48,11 +55,18 @@ def plan_for_eoa(digest: bytes, signature: bytes, payer: str) -> SignaturePlan:
             f"a {len(signature)}-byte signature needs a contract wallet, and {payer} has no code",
             payer,
         )
-    sig, signer, why = ecdsa_signer(digest, signature)
-    if sig is None:
-        raise Rejected(reasons.SIGNATURE, why, payer)
-    if signer != payer:
-        raise Rejected(reasons.SIGNATURE, f"signature recovers to {signer}, not the payer {payer}", payer)
+    try:
+        sig = parse_ecdsa(signature)
+        signer = recover_signer_bytes(digest, sig)
+    except SignatureError as exc:
+        raise Rejected(reasons.SIGNATURE, str(exc), payer) from None
+    # Bytes, not spellings: checksumming the recovered key on every verify costs more than recovering it.
+    if signer != bytes.fromhex(payer[2:]):
+        raise Rejected(
+            reasons.SIGNATURE,
+            f"signature recovers to {checksum_address(signer)}, not the payer {payer}",
+            payer,
+        )
     return SignaturePlan(SignatureKind.EOA, sig.to_bytes(), ecdsa=sig)
 
 

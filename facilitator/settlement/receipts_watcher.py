@@ -77,7 +77,8 @@ class ReceiptWatcher:
     def _next_delay(self) -> float:
         if not self._fresh:
             return self.poll_seconds
-        return min(self.poll_seconds, FAST_RETRY_BASE_SECONDS * 2 ** min(self._fresh.values()))
+        backoff: float = FAST_RETRY_BASE_SECONDS * 2.0 ** min(self._fresh.values())
+        return min(self.poll_seconds, backoff)
 
     async def _poll_once(self) -> None:
         attempts = {h: n for h, n in self._fresh.items() if h in self._waiters}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import rlp
 from coincurve import PrivateKey
-from eth_utils.crypto import keccak
+
+from shared.evm.hashing import keccak256
 
 
 def sign_eip1559_call(
@@ -31,8 +32,8 @@ def sign_eip1559_call(
         data,
         [],
     ]
-    digest = keccak(b"\x02" + rlp.encode(fields))
+    digest = keccak256(b"\x02" + rlp.encode(fields))
     signature = key.sign_recoverable(digest, hasher=None)  # libsecp256k1 emits low-s only
     r, s, y_parity = signature[:32], signature[32:64], signature[64]
     raw = b"\x02" + rlp.encode([*fields, y_parity, int.from_bytes(r, "big"), int.from_bytes(s, "big")])
-    return raw, keccak(raw)
+    return raw, keccak256(raw)

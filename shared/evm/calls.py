@@ -4,14 +4,14 @@ Multicall3), precomputed selectors and hand-packed where that is on the hot path
 from __future__ import annotations
 
 from eth_abi.abi import decode, encode
-from eth_utils.crypto import keccak
 
 from shared.evm.eip712 import Authorization
+from shared.evm.hashing import keccak256
 from shared.evm.signatures import EcdsaSignature
 
 
 def selector(signature: str) -> bytes:
-    return keccak(text=signature)[:4]
+    return keccak256(signature.encode())[:4]
 
 
 TRANSFER_WITH_AUTHORIZATION_VRS = selector(
@@ -29,8 +29,8 @@ ERC1271_MAGIC = bytes.fromhex("1626ba7e")
 TRY_AGGREGATE = selector("tryAggregate(bool,(address,bytes)[])")
 
 # Event topics checked in settlement receipts.
-TRANSFER_TOPIC = keccak(text="Transfer(address,address,uint256)")
-AUTHORIZATION_USED_TOPIC = keccak(text="AuthorizationUsed(address,bytes32)")
+TRANSFER_TOPIC = keccak256(b"Transfer(address,address,uint256)")
+AUTHORIZATION_USED_TOPIC = keccak256(b"AuthorizationUsed(address,bytes32)")
 
 MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 

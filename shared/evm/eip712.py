@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from eth_abi.abi import encode
-from eth_utils.crypto import keccak
 
-DOMAIN_TYPEHASH = keccak(
-    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+from shared.evm.hashing import keccak256
+
+DOMAIN_TYPEHASH = keccak256(
+    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
-TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak(
-    text="TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
-    "uint256 validBefore,bytes32 nonce)"
+TRANSFER_WITH_AUTHORIZATION_TYPEHASH = keccak256(
+    b"TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
+    b"uint256 validBefore,bytes32 nonce)"
 )
 
 
@@ -32,10 +33,10 @@ class Authorization:
 
 @lru_cache(maxsize=256)
 def domain_separator(name: str, version: str, chain_id: int, verifying_contract: str) -> bytes:
-    return keccak(
+    return keccak256(
         DOMAIN_TYPEHASH
-        + keccak(text=name)
-        + keccak(text=version)
+        + keccak256(name.encode())
+        + keccak256(version.encode())
         + chain_id.to_bytes(32, "big")
         + bytes(12)
         + bytes.fromhex(verifying_contract[2:])
@@ -43,7 +44,7 @@ def domain_separator(name: str, version: str, chain_id: int, verifying_contract:
 
 
 def authorization_struct_hash(auth: Authorization) -> bytes:
-    return keccak(
+    return keccak256(
         TRANSFER_WITH_AUTHORIZATION_TYPEHASH
         + bytes(12)
         + bytes.fromhex(auth.from_[2:])
@@ -57,7 +58,7 @@ def authorization_struct_hash(auth: Authorization) -> bytes:
 
 
 def typed_data_digest(domain_sep: bytes, struct_hash: bytes) -> bytes:
-    return keccak(b"\x19\x01" + domain_sep + struct_hash)
+    return keccak256(b"\x19\x01" + domain_sep + struct_hash)
 
 
 def authorization_digest(auth: Authorization, *, name: str, version: str, chain_id: int, token: str) -> bytes:

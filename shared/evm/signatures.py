@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 
 from coincurve import PublicKey
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
+
+from shared.evm.hashing import checksum_address, keccak256
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
@@ -46,14 +46,19 @@ def parse_ecdsa(signature: bytes) -> EcdsaSignature:
     return EcdsaSignature(v, r, s)
 
 
-def recover_signer(digest: bytes, sig: EcdsaSignature) -> str:
-    """Checksummed address that signed `digest`."""
+def recover_signer_bytes(digest: bytes, sig: EcdsaSignature) -> bytes:
+    """The 20-byte address that signed `digest`: compare it with the payer's bytes, no spelling involved."""
     compact = sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v - 27])
     try:
         pub = PublicKey.from_signature_and_message(compact, digest, hasher=None)
     except Exception as exc:  # coincurve raises plain Exception for unrecoverable points
         raise SignatureError("signature does not recover to a public key") from exc
-    return str(to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:]))
+    return keccak256(pub.format(compressed=False)[1:])[-20:]
+
+
+def recover_signer(digest: bytes, sig: EcdsaSignature) -> str:
+    """Checksummed address that signed `digest`."""
+    return checksum_address(recover_signer_bytes(digest, sig))
 
 
 _HEX = re.compile(r"0x(?:[0-9a-fA-F]{2})*")

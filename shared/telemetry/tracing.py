@@ -119,6 +119,9 @@ class SpanScope:
         self._cm: AbstractContextManager[trace.Span] | None = None
 
     def __enter__(self) -> trace.Span:
+        if _provider is None or isinstance(_provider, trace.NoOpTracerProvider):
+            # Tracing off: no context manager at all. Spans sit on every RPC call of the hot path.
+            return trace.INVALID_SPAN
         # Resolved on entry, not at creation, so a span built at import time still reports
         # to the provider configured later.
         self._cm = tracer().start_as_current_span(self._name, attributes=self._attributes)
@@ -130,7 +133,8 @@ class SpanScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._cm is not None
+        if self._cm is None:
+            return
         cm, self._cm = self._cm, None
         cm.__exit__(exc_type, exc, tb)
 
