@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from eth_account import Account
 
 from shared.devchain.chain import DevChain
 
-from .children import ChildProcess
+from .children import ChildProcess, StartupError
 from .datadir import DataDir
 from .ports import HOST, Ports, ensure_free
 from .shutdown import Shutdown
@@ -122,10 +123,19 @@ def start_resource_server(ctx: StackContext) -> Service:
             "X402_RS_PAY_TO": ctx.pay_to,
             "DATABASE_URL": ctx.database_url,  # its tables are prefixed rs_, so one database serves both
             "X402_RS_LOG_JSON": "false",
+            # The generation API runs with a worker and the webhook dispatcher in this same process;
+            # webhooks may go to receivers on this machine, which production refuses.
+            "X402_RS_GENERATION_WORKER": "true",
+            "X402_RS_GENERATION_WEBHOOK_ALLOW": "127.0.0.0/8,::1",
         },
         "/health",
         args=("serve", "--pricing", str(DEMO_PRICING)),
     )
+    try:
+        tools = generation_tools(url)
+    except BaseException:
+        process.stop()
+        raise
     return Service(
         "resource_server",
         url,
@@ -143,8 +153,39 @@ def start_resource_server(ctx: StackContext) -> Service:
                     "quote": f"{url}/quote",
                 },
             },
+            "generate_url": f"{url}/generate",
+            "tools": tools,
         },
     )
+
+
+def generation_tools(url: str) -> list[dict[str, Any]]:
+    """The served tool catalogue, reduced to what a client needs to find each tool."""
+    try:
+        catalogue = httpx.get(f"{url}/tools", timeout=10.0).raise_for_status().json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise StartupError(f"the resource server's tool catalogue is unreadable: {exc}") from exc
+    return [
+        {
+            "id": tool["id"],
+            "url": tool["urls"]["self"],
+            "quote_url": tool["urls"]["quote"],
+            "generate_url": tool["urls"]["generate"],
+            "settlement": tool["payment"]["settlement"],
+            "example_body": {"tool": tool["id"], "inputs": _example_inputs(tool["inputSchema"])},
+        }
+        for tool in catalogue["tools"]
+    ]
+
+
+def _example_inputs(schema: dict[str, Any]) -> dict[str, Any]:
+    properties = schema.get("properties", {})
+    example: dict[str, Any] = {}
+    if "prompt" in properties:
+        example["prompt"] = "calm piano over soft rain"
+    if "duration_seconds" in properties:
+        example["duration_seconds"] = 10
+    return example
 
 
 SERVICES: tuple[Callable[[StackContext], Service], ...] = (start_facilitator, start_resource_server)

@@ -1,11 +1,12 @@
 """The two applications: `create_app` (handlers behind the payment middleware, plus /pricing, /quote, /audit,
-/health) and `create_gateway_app` (the same endpoints, and every other path proxied to an upstream)."""
+/health, and with `generation` the generation API: /tools, /generate, /jobs) and `create_gateway_app` (the
+same endpoints, and every other path proxied to an upstream)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,6 +23,9 @@ from .gateway import ProxyApp
 from .middleware import Mode, PaymentMiddleware
 from .pricing.model import PricingConfig
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from .generation_api.service import GenerationApi
 
 
 class _Options(TypedDict):
@@ -55,6 +59,7 @@ def create_app(
     pricing: PricingConfig,
     *,
     handlers: Sequence[BaseRoute] = DEMO_ROUTES,
+    generation: GenerationApi | None = None,
 ) -> Starlette:
     runtime = Runtime.build(settings, pricing)
 
@@ -62,18 +67,33 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start(dsn)
         try:
-            yield
+            if generation is not None:
+                await generation.start(dsn, runtime)
+            try:
+                yield
+            finally:
+                if generation is not None:
+                    await generation.stop()
         finally:
             await runtime.stop()
 
+    # The generation API's routes come first: its /health reports the providers too.
+    own = generation.routes if generation is not None else []
     app = Starlette(
-        routes=[*API_ROUTES, *handlers],
+        routes=[*own, *API_ROUTES, *handlers],
         middleware=[
-            Middleware(PaymentMiddleware, exclude_paths=API_PATHS, **_middleware_options(runtime, "buffered"))
+            Middleware(
+                PaymentMiddleware,
+                exclude_paths=API_PATHS,
+                endpoints=[generation.endpoint] if generation is not None else [],
+                exclude_prefixes=generation.free_prefixes if generation is not None else (),
+                **_middleware_options(runtime, "buffered"),
+            )
         ],
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.generation = generation
     return app
 
 

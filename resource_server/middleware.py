@@ -7,6 +7,12 @@ settled by the route's policy:
   only if its status is below 400; in "stream" mode (the gateway) settlement happens when the response
   headers arrive, before any body is passed on. A handler that raises or answers >= 400 settles nothing.
 - `before`: settle, then run the handler and stream its response.
+- `deferred` (routes of priced endpoints only, see priced_endpoints.py): verify and claim, run the handler,
+  settle nothing. The handler takes charge of the payment (`PaymentHold.take`) and settles or releases it
+  later through the paywall, e.g. when the job it queued ends; a payment nobody took is released. The
+  response carries a PAYMENT-RESPONSE with errorReason `settlement_deferred` and no transaction yet.
+
+The handler of every paid request finds the claimed payment in scope["state"]["x402.payment"].
 
 Usage:
 
@@ -18,29 +24,32 @@ Usage:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Literal
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.x402.codec import encode_json_header
+from shared.x402.models import SettleResponse
 
 from . import reasons
 from .challenges.store import ChallengeStore
 from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
 from .payment_headers import DEFAULT_MAX_HEADER_BYTES, PaymentAttempt, PaymentHeaderError, read_payment
 from .paywall import Authorized, Denied, Paywall, PricedRequest, Settlement, SettleOutcome, StorageUnavailable
+from .priced_endpoints import EndpointAnswer, PaymentHold, PricedEndpoint, attach_hold
 from .pricing.engine import PricingError, quote
 from .pricing.model import PricingConfig, RouteMatch, SettlementPolicy
 from .pricing.params import ParamError
 from .request_params import request_params
-from .responses import Headers, expose_header, send_error, send_payment_required, with_headers
+from .responses import Headers, expose_header, send_error, send_json, send_payment_required, with_headers
 
 log = structlog.get_logger(__name__)
 
 Mode = Literal["buffered", "stream"]
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+SETTLEMENT_DEFERRED = "settlement_deferred"  # PAYMENT-RESPONSE errorReason: verified, settled later
 
 
 class _Aborted(Exception):
@@ -65,6 +74,8 @@ class PaymentMiddleware:
         public_url: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_payment_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        endpoints: Sequence[PricedEndpoint] = (),
+        exclude_prefixes: Collection[str] = (),
     ) -> None:
         self.app = app
         self.pricing = pricing
@@ -74,17 +85,26 @@ class PaymentMiddleware:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.max_body_bytes = max_body_bytes
         self.max_payment_header_bytes = max_payment_header_bytes
+        # Priced endpoints come before the pricing file: their paths belong to the application.
+        self.endpoints = tuple(endpoints)
+        self.exclude_prefixes = tuple(p.rstrip("/") for p in exclude_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exclude_paths:
+        if scope["type"] != "http" or self._excluded(scope["path"]):
             await self.app(scope, receive, send)
             return
-        found = self.pricing.match(scope["method"], scope["path"])
-        if found is None:
+        method, path = scope["method"], scope["path"]
+        endpoint = next((e for e in self.endpoints if e.matches(method, path)), None)
+        found = self.pricing.match(method, path) if endpoint is None else None
+        if endpoint is None and found is None:
             await self.app(scope, receive, send)
             return
         try:
-            await self._priced(scope, receive, send, found)
+            if endpoint is not None:
+                await self._priced_endpoint(scope, receive, send, endpoint)
+            else:
+                assert found is not None
+                await self._priced(scope, receive, send, found)
         except StorageUnavailable:
             await send_error(
                 send, 503, reasons.STORAGE_UNAVAILABLE, "payment storage is unavailable; nothing was charged"
@@ -114,7 +134,33 @@ class PaymentMiddleware:
         except PricingError as exc:
             await send_error(send, 400, reasons.UNPRICEABLE, str(exc))
             return
+        await self._pay(scope, receive, send, priced)
 
+    async def _priced_endpoint(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: PricedEndpoint
+    ) -> None:
+        try:
+            body, receive = await _buffer_body(receive, self.max_body_bytes)
+        except BodyTooLarge:
+            await send_error(
+                send, 413, reasons.BODY_TOO_LARGE, f"the request body exceeds {self.max_body_bytes} bytes"
+            )
+            return
+        priced = await endpoint.price(scope, body, self._resource_url(scope))
+        if isinstance(priced, EndpointAnswer):
+            await _answer(send, priced)
+            return
+        await self._pay(scope, receive, send, priced, endpoint)
+
+    async def _pay(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        priced: PricedRequest,
+        endpoint: PricedEndpoint | None = None,
+    ) -> None:
+        route = priced.route
         headers = _headers(scope)
         try:
             attempt = read_payment(headers, max_bytes=self.max_payment_header_bytes)
@@ -131,6 +177,11 @@ class PaymentMiddleware:
                 message="this resource requires payment",
             )
             return
+        if endpoint is not None:
+            refused = await endpoint.admit(priced, attempt)
+            if refused is not None:
+                await _answer(send, refused)
+                return
 
         try:
             decision = await self.paywall.authorize(priced, attempt)
@@ -146,25 +197,40 @@ class PaymentMiddleware:
             )
             return
 
+        hold = PaymentHold(decision)
+        attach_hold(scope, hold)
         if route.settlement is SettlementPolicy.BEFORE:
             await self._settle_first(scope, receive, send, decision)
+        elif route.settlement is SettlementPolicy.DEFERRED:
+            await self._settle_deferred(scope, receive, send, hold)
         elif self.mode == "stream":
             await self._settle_on_headers(scope, receive, send, decision)
         else:
-            await self._settle_after_buffered(scope, receive, send, decision)
+            await self._settle_after_buffered(scope, receive, send, hold)
+
+    def _excluded(self, path: str) -> bool:
+        return path in self.exclude_paths or any(
+            path == p or path.startswith(p + "/") for p in self.exclude_prefixes
+        )
 
     async def _settle_after_buffered(
-        self, scope: Scope, receive: Receive, send: Send, auth: Authorized
+        self, scope: Scope, receive: Receive, send: Send, hold: PaymentHold
     ) -> None:
+        auth = hold.authorized
         messages: list[Message] = []
 
         async def capture(message: Message) -> None:
             messages.append(message)
 
-        await self._run_or_release(scope, receive, capture, auth)
+        try:
+            await self._run_or_release(scope, receive, capture, auth)
+        except Exception:
+            await hold.unpaid("handler_raised")
+            raise
         start = next((m for m in messages if m["type"] == "http.response.start"), None)
         if start is None:
             await self.paywall.release(auth, reason="handler_status", detail={"status": None})
+            await hold.unpaid("handler_status")
             await send_error(
                 send, 500, "no_response", "the handler produced no response; nothing was charged"
             )
@@ -172,12 +238,51 @@ class PaymentMiddleware:
         status = int(start["status"])
         if status >= 400:
             await self.paywall.release(auth, reason="handler_status", detail={"status": status})
+            await hold.unpaid("handler_status")
             await _replay(send, messages, [expose_header()])
             return
-        outcome = await self._settle(send, auth)
+        try:
+            outcome = await self._settle(send, auth)
+        except StorageUnavailable:
+            await hold.unpaid(reasons.STORAGE_UNAVAILABLE)
+            raise
         if outcome is None:
+            await hold.unpaid("settlement_refused")
             return
+        await hold.settled(outcome)
         await _replay(send, messages, _paid_headers(auth.attempt, outcome))
+
+    async def _settle_deferred(self, scope: Scope, receive: Receive, send: Send, hold: PaymentHold) -> None:
+        """Nothing is settled here: the handler took the payment (its job settles it) or it is released."""
+        auth = hold.authorized
+        messages: list[Message] = []
+
+        async def capture(message: Message) -> None:
+            messages.append(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        except Exception as exc:
+            if hold.owner is None:
+                await self.paywall.release(
+                    auth, reason="handler_raised", detail={"error": type(exc).__name__}
+                )
+            raise
+        start = next((m for m in messages if m["type"] == "http.response.start"), None)
+        status = int(start["status"]) if start is not None else None
+        if hold.owner is None:
+            await self.paywall.release(auth, reason="not_taken", detail={"status": status})
+            if status is not None and status < 400:
+                # A handler bug: it answered success without taking charge of the payment. Serving free
+                # is the safe side; the payment would otherwise stay verified with nobody to settle it.
+                log.error("deferred_payment_not_taken", challenge_id=auth.challenge_id, status=status)
+        else:
+            await self.paywall.note(auth, "settlement_deferred", {"owner": hold.owner, "status": status})
+        if start is None:
+            await send_error(send, 500, "no_response", "the handler produced no response")
+            return
+        extra = _deferred_headers(auth) if hold.owner is not None else [expose_header()]
+        await _replay(send, messages, extra)
 
     async def _settle_on_headers(self, scope: Scope, receive: Receive, send: Send, auth: Authorized) -> None:
         decided = False  # the response start was seen: released or settled, never both
@@ -291,6 +396,24 @@ def _headers(scope: Scope) -> dict[str, str]:
         text = value.decode("latin-1")
         out[key] = f"{out[key]}, {text}" if key in out else text
     return out
+
+
+def _deferred_headers(auth: Authorized) -> Headers:
+    attempt = auth.attempt
+    answer = SettleResponse(
+        success=False,
+        error_reason=SETTLEMENT_DEFERRED,
+        error_message="the payment is verified and held; it is settled when the work completes",
+        transaction="",
+        network=attempt.network,
+        payer=attempt.payer,
+        extensions={"deferred": {"challengeId": auth.challenge_id}},
+    )
+    return [(attempt.response_header.lower().encode(), encode_json_header(answer).encode()), expose_header()]
+
+
+async def _answer(send: Send, answer: EndpointAnswer) -> None:
+    await send_json(send, answer.status, answer.body(), answer.headers())
 
 
 def _paid_headers(attempt: PaymentAttempt, outcome: SettleOutcome) -> Headers:

@@ -58,6 +58,19 @@ class Denied:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldPayment:
+    """A claimed payment as stored: what settling or releasing it needs, without the request that brought
+    it. The `deferred` policy settles it when the work it paid for ends, maybe in another process."""
+
+    challenge_id: str
+    payer: str
+    network: str  # as the client wrote it
+    payload: dict[str, Any]  # the payment payload, as sent
+    requirement: dict[str, Any]  # the requirement it was verified against
+    valid_before: int  # unix seconds: the authorization cannot be settled after this
+
+
+@dataclass(frozen=True, slots=True)
 class Authorized:
     priced: PricedRequest
     attempt: PaymentAttempt
@@ -66,6 +79,12 @@ class Authorized:
     @property
     def challenge_id(self) -> str:
         return self.match.challenge.id
+
+    def held(self) -> HeldPayment:
+        a = self.attempt
+        return HeldPayment(
+            self.challenge_id, a.payer, a.network, a.payload, self.match.requirement, a.valid_before
+        )
 
 
 class Settlement(StrEnum):
@@ -235,17 +254,28 @@ class Paywall:
         )
         return Denied(reason, message, await self.issue(priced))
 
-    async def settle(self, auth: Authorized) -> SettleOutcome:
-        """Raises FacilitatorUnavailable (only when certainly nothing was sent; the payment is released) and
-        FacilitatorBadResponse (released, with the answer in the audit trail)."""
-        attempt, cid = auth.attempt, auth.challenge_id
+    async def settle(
+        self,
+        payment: Authorized | HeldPayment,
+        *,
+        release_unsent: bool = True,
+        context: Mapping[str, Any] | None = None,
+    ) -> SettleOutcome:
+        """Raises FacilitatorUnavailable (only when certainly nothing was sent) and FacilitatorBadResponse.
+        With ``release_unsent`` (a request waiting for its answer) the payment is then released; without
+        (deferred settlement, retried later) it stays verified. ``context`` joins the audit details."""
+        held = _held(payment)
+        cid, extra = held.challenge_id, dict(context or {})
         try:
-            answer = await self.facilitator.settle(attempt.payload, auth.match.requirement)
+            answer = await self.facilitator.settle(held.payload, held.requirement)
         except FacilitatorUnavailable as exc:
             if not exc.maybe_delivered:
-                await self.release(
-                    auth, reason=reasons.FACILITATOR_UNAVAILABLE, detail={"failures": exc.failures}
-                )
+                if release_unsent:
+                    await self.release(
+                        held,
+                        reason=reasons.FACILITATOR_UNAVAILABLE,
+                        detail={"failures": exc.failures, **extra},
+                    )
                 raise
             # A facilitator may have broadcast it: serve, and let the reconciler ask again until it knows.
             answer = SettleResponse(
@@ -253,17 +283,23 @@ class Paywall:
                 error_reason=fac_reasons.SETTLEMENT_PENDING,
                 error_message="the facilitator's answer was lost; the payment is being reconciled",
                 transaction="",
-                network=attempt.network,
-                payer=attempt.payer,
+                network=held.network,
+                payer=held.payer,
             )
             await self._move(
-                cid, ChallengeStatus.SETTLEMENT_PENDING, "settle_unanswered", {"failures": exc.failures}
+                cid,
+                ChallengeStatus.SETTLEMENT_PENDING,
+                "settle_unanswered",
+                {"failures": exc.failures, **extra},
             )
             return SettleOutcome(Settlement.PENDING, answer)
         except FacilitatorBadResponse as exc:
-            await self.release(auth, reason=reasons.FACILITATOR_BAD_RESPONSE, detail={"error": str(exc)})
+            if release_unsent:
+                await self.release(
+                    held, reason=reasons.FACILITATOR_BAD_RESPONSE, detail={"error": str(exc), **extra}
+                )
             raise
-        detail = {"facilitator": answer.to_wire()}
+        detail = {"facilitator": answer.to_wire(), **extra}
         if answer.success:
             await self._move(cid, ChallengeStatus.SETTLED, "settled", detail, tx_hash=answer.transaction)
             return SettleOutcome(Settlement.SETTLED, answer)
@@ -287,22 +323,26 @@ class Paywall:
         return SettleOutcome(Settlement.FAILED, answer)
 
     async def release(
-        self, auth: Authorized, *, reason: str, detail: dict[str, object] | None = None
+        self, payment: Authorized | HeldPayment, *, reason: str, detail: dict[str, object] | None = None
     ) -> None:
         """Nothing was settled: the challenge ends released, the payer keeps the money."""
         await self._move(
-            auth.challenge_id, ChallengeStatus.RELEASED, "released", {"reason": reason, **(detail or {})}
+            payment.challenge_id,
+            ChallengeStatus.RELEASED,
+            "released",
+            {"reason": reason, **(detail or {})},
         )
 
-    async def note(self, auth: Authorized, event: str, detail: dict[str, object]) -> None:
+    async def note(self, payment: Authorized | HeldPayment, event: str, detail: dict[str, object]) -> None:
         """An audit note after the response went out: a storage failure can only be logged by then."""
+        held = _held(payment)
         try:
             async with _storage():
                 await self.store.record(
-                    event, challenge_id=auth.challenge_id, payer=auth.attempt.payer, detail=detail
+                    event, challenge_id=held.challenge_id, payer=held.payer, detail=detail
                 )
         except StorageUnavailable:
-            log.error("audit_note_lost", challenge_id=auth.challenge_id, audit_event=event, detail=detail)
+            log.error("audit_note_lost", challenge_id=held.challenge_id, audit_event=event, detail=detail)
 
     async def _move(
         self,
@@ -327,3 +367,7 @@ class Paywall:
             )
         if not moved:
             log.warning("challenge_not_verified", challenge_id=challenge_id, wanted=new.value)
+
+
+def _held(payment: Authorized | HeldPayment) -> HeldPayment:
+    return payment.held() if isinstance(payment, Authorized) else payment

@@ -9,6 +9,11 @@ verified           -> failed              the facilitator refused to settle
 verified           -> released            nothing settled, the payer keeps the money: the handler failed,
                                           or the facilitator was unreachable before anything could be sent
 settlement_pending -> settled | failed    resolved by the reconciler
+
+Under the `deferred` settlement policy a challenge stays verified while the work it paid for runs (a
+generation job, for minutes): the job's settlement hook then moves it to settled / settlement_pending /
+failed when the job completed, or to released when it failed, was canceled or ran out of time. The
+`settlement_deferred` audit event names the job that holds it.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ class ErrorCategory(StrEnum):
     PERMANENT = "permanent"  # bad input, refused credentials, output over a cap: retrying cannot help
     TERMS = "terms"  # the provider refused the content itself (bad_prompt)
     INTERNAL = "internal"  # an unexpected exception here: a bug, so it is not retried blindly
+    TIMEOUT = "timeout"  # the job ran past its deadline (a paid job's payment window): it is not resumed
 
     @property
     def retryable(self) -> bool:
@@ -39,6 +40,10 @@ class GenerationError(Exception):
 
 def transient(message: str, *, code: str = "transient", retry_after: float | None = None) -> GenerationError:
     return GenerationError(ErrorCategory.TRANSIENT, message, code=code, retry_after=retry_after)
+
+
+def deadline_exceeded(message: str = "the job ran past its deadline") -> GenerationError:
+    return GenerationError(ErrorCategory.TIMEOUT, message, code="deadline_exceeded")
 
 
 def permanent(message: str, *, code: str = "permanent") -> GenerationError:

@@ -4,6 +4,7 @@ metrics; workers and webhook dispatchers are made from it and run as background 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,8 @@ import asyncpg
 
 from .artifacts import ArtifactStore
 from .engine.service import EngineSettings, GenerationEngine
+from .engine.tools import Tool
+from .engine.wakeup import QueueWaker
 from .engine.worker import OnFinal, Worker, WorkerConfig, default_owner
 from .metrics import GenerationMetrics
 from .providers.base import MusicProvider, PromptRefiner
@@ -32,7 +35,11 @@ class GenerationStack:
     _closers: list[Any] = field(default_factory=list)
 
     def worker(
-        self, on_final: OnFinal | None, config: WorkerConfig | None = None, owner: str | None = None
+        self,
+        on_final: OnFinal | None,
+        config: WorkerConfig | None = None,
+        owner: str | None = None,
+        waker: QueueWaker | None = None,
     ) -> Worker:
         return Worker(
             self.engine.store,
@@ -41,6 +48,7 @@ class GenerationStack:
             config=config,
             owner=owner,
             metrics=self.metrics,
+            waker=waker,
         )
 
     def dispatcher(self, policy: WebhookPolicy | None = None, owner: str | None = None) -> WebhookDispatcher:
@@ -73,14 +81,15 @@ def build_stack(
     provider_settings: ProviderSettings | None = None,
     engine_settings: EngineSettings | None = None,
     metrics: GenerationMetrics | None = None,
+    extra_tools: Sequence[Tool] = (),
 ) -> GenerationStack:
     """Providers and refiner from the environment unless settings are given; the local synthesizer is
-    always the last provider, so the stack works offline."""
+    always the last provider, so the stack works offline. ``extra_tools`` are served next to music."""
     settings = provider_settings if provider_settings is not None else ProviderSettings()
     metrics = metrics or GenerationMetrics()
     providers = build_providers(settings)
     refiner = build_refiner(settings)
     artifacts = ArtifactStore(pool)
     tool = music_tool(chain=ProviderChain(providers, metrics), refiner=refiner, artifacts=artifacts)
-    engine = GenerationEngine(pool, [tool], engine_settings, metrics=metrics)
+    engine = GenerationEngine(pool, [tool, *extra_tools], engine_settings, metrics=metrics)
     return GenerationStack(engine, artifacts, providers, refiner, metrics)

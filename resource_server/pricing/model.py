@@ -17,6 +17,10 @@ from .paths import PathPattern
 class SettlementPolicy(StrEnum):
     AFTER = "after"  # verify, run the handler, settle only a response below 400
     BEFORE = "before"  # settle, then run the handler
+    # Verify and hold: the handler takes charge of the payment (PaymentHold.take) and settles or releases
+    # it later, e.g. when the job it started ends. Not offered in pricing files: a plain handler would
+    # leave the payment held forever.
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True, slots=True)

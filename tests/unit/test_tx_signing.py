@@ -1,6 +1,7 @@
 """Hand-built EIP-1559 signing must produce exactly what eth-account produces for the same transaction."""
 
 import random
+from typing import Any
 
 from eth_account import Account
 
@@ -12,7 +13,7 @@ def test_matches_eth_account_byte_for_byte():
     for _ in range(25):
         account = Account.create()
         to = Account.create().address
-        fields = {
+        fields: dict[str, Any] = {
             "chain_id": rng.choice([1, 8453, 84532]),
             "nonce": rng.randrange(0, 10**6),
             "gas": rng.randrange(21_000, 500_000),

@@ -24,6 +24,10 @@ class ToolLimits:
     max_output_bytes: int = 50 * 1024 * 1024
     max_active_per_payer: int | None = None  # None: the engine-wide limit applies
     expected_seconds: float = 30.0  # typical wall time of one job; feeds Retry-After estimates
+    # Longest a paid job may take from acceptance to its final status, queueing included. A job past it
+    # fails as "timeout"; the API sizes a payment's validity window from it, so a job that completes in
+    # time can still be settled.
+    max_job_seconds: float = 900.0
 
 
 def validate_prompt_duration(params: Mapping[str, Any], limits: ToolLimits) -> dict[str, Any]:
@@ -54,6 +58,29 @@ def validate_prompt_duration(params: Mapping[str, Any], limits: ToolLimits) -> d
             "duration_too_short", f"duration_seconds must be at least {limits.min_duration_seconds:g}"
         )
     return {**params, "prompt": prompt, "duration_seconds": seconds}
+
+
+def prompt_duration_schema(limits: ToolLimits) -> dict[str, Any]:
+    """The JSON Schema of the inputs validate_prompt_duration accepts, with this tool's caps."""
+    return {
+        "type": "object",
+        "properties": {
+            "prompt": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": limits.max_prompt_chars,
+                "description": "what to generate, in words",
+            },
+            "duration_seconds": {
+                "type": "number",
+                "minimum": limits.min_duration_seconds,
+                "maximum": limits.max_duration_seconds,
+                "description": "length of the output in seconds (the price depends on it)",
+            },
+        },
+        "required": ["prompt", "duration_seconds"],
+        "additionalProperties": False,
+    }
 
 
 def duration_of(params: Mapping[str, Any]) -> Decimal:

@@ -1,17 +1,21 @@
-"""Tool prices: the sum of the step components plus a markup, in exact Decimal arithmetic. Pure.
+"""Tool prices: the sum of the step components plus a markup. Pure.
 
-Components and markup are computed without rounding (an inexact operation raises); the only rounding is
-the final ceiling of the total to the token's smallest unit, so the seller never undercharges by a
-rounding error and the lines always add up: sum(lines) + markup == total."""
+The arithmetic is the resource server's (resource_server/pricing/money.py): every operation runs in its
+exact context, which raises instead of rounding, and the only rounding is the final ceiling of the total
+to the token's atomic unit (`to_atomic`). So the seller never undercharges by a rounding error, the lines
+always add up (sum(lines) + markup == total), and a tool quote and the x402 amount charged for it are
+computed by one implementation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal, Inexact, localcontext
+from decimal import Decimal
 from typing import Any
 
-USDC_QUANTUM = Decimal("0.000001")
+from ...pricing.money import exact, to_atomic
+
+USDC_DECIMALS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +30,8 @@ class StepPrice:
             raise ValueError("step prices cannot be negative")
 
     def amount(self, duration_seconds: Decimal) -> Decimal:
-        return self.fixed + self.per_second * duration_seconds
+        with exact():
+            return self.fixed + self.per_second * duration_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,7 @@ class PriceBreakdown:
     lines: tuple[PriceLine, ...]
     subtotal: Decimal
     markup_rate: Decimal
-    markup: Decimal  # total - subtotal: the rate's share plus the rounding up to the quantum
+    markup: Decimal  # total - subtotal: the rate's share plus the rounding up to the atomic unit
     total: Decimal
 
     def to_json(self) -> dict[str, Any]:
@@ -53,12 +58,12 @@ class PriceBreakdown:
             "total": str(self.total),
         }
 
-    def atomic_total(self, decimals: int = 6) -> int:
+    def atomic_total(self, decimals: int = USDC_DECIMALS) -> int:
         """The total in a token's smallest units (USDC: 6 decimals)."""
-        scaled = self.total.scaleb(decimals)
-        if scaled != scaled.to_integral_value():
+        scaled, atomic = to_atomic(self.total, decimals)
+        if scaled != atomic:
             raise ValueError(f"total {self.total} is finer than {decimals} decimals")
-        return int(scaled)
+        return atomic
 
 
 def price_breakdown(
@@ -66,19 +71,19 @@ def price_breakdown(
     *,
     duration_seconds: Decimal,
     markup_rate: Decimal,
-    quantum: Decimal = USDC_QUANTUM,
+    decimals: int = USDC_DECIMALS,
 ) -> PriceBreakdown:
+    """The price of one run, its total rounded up to ``decimals`` (the charged token's atomic unit)."""
     if markup_rate < 0:
         raise ValueError("markup rate cannot be negative")
     if duration_seconds < 0:
         raise ValueError("duration cannot be negative")
-    with localcontext() as ctx:
-        ctx.prec = 80
-        ctx.traps[Inexact] = True
-        lines = tuple(PriceLine(name, price.amount(duration_seconds)) for name, price in components)
+    lines = tuple(PriceLine(name, price.amount(duration_seconds)) for name, price in components)
+    with exact():
         subtotal = sum((line.amount for line in lines), Decimal(0))
         exact_total = subtotal * (1 + markup_rate)
-        ctx.traps[Inexact] = False
-        total = exact_total.quantize(quantum, rounding=ROUND_CEILING)
-        ctx.traps[Inexact] = True
+    _, atomic = to_atomic(exact_total, decimals)
+    with exact():
+        # scaleb keeps the quantum as the exponent: 1000 atomic -> Decimal("0.001000").
+        total = Decimal(atomic).scaleb(-decimals)
         return PriceBreakdown(lines, subtotal, markup_rate, total - subtotal, total)

@@ -47,6 +47,7 @@ class JobRecord:
     final_handled: bool
     final_attempts: int
     final_error: str | None
+    deadline_at: datetime | None
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> JobRecord:
@@ -84,6 +85,7 @@ class JobRecord:
             final_handled=r["final_handled"],
             final_attempts=r["final_attempts"],
             final_error=r["final_error"],
+            deadline_at=r["deadline_at"],
         )
 
     def public_view(self) -> dict[str, Any]:
@@ -101,6 +103,7 @@ class JobRecord:
             "queued_at": iso(self.queued_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
+            "deadline_at": iso(self.deadline_at),
             "result": self.result,
             "failure": (
                 {

@@ -33,6 +33,9 @@ class JobRequest:
     webhook_secret: str | None = None
     webhook_progress: bool = False  # progress events too (throttled), not only the final one
     payment_challenge_id: str | None = None
+    settlement_status: str | None = None  # the API layer's payment state, stored with the job
+    deadline_seconds: float | None = None  # past it the job fails as "timeout" (ErrorCategory.TIMEOUT)
+    hold_seconds: float | None = None  # not runnable before release_hold() or this many seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,9 @@ class GenerationEngine:
                 webhook_secret=request.webhook_secret,
                 webhook_progress=request.webhook_progress,
                 payment_challenge_id=request.payment_challenge_id,
+                settlement_status=request.settlement_status,
+                deadline_seconds=request.deadline_seconds,
+                hold_seconds=request.hold_seconds,
             ),
             admit=lambda load: self._decide(tool, load),
         )
@@ -153,9 +159,28 @@ class GenerationEngine:
         tx_hash: str | None = None,
         settlement_status: str | None = None,
     ) -> JobRecord:
-        return await self.store.set_payment(
+        job = await self.store.set_payment(
             job_id, challenge_id=challenge_id, tx_hash=tx_hash, settlement_status=settlement_status
         )
+        assert job is not None  # unconditional updates either happen or raise JobNotFound
+        return job
+
+    async def sync_payment(
+        self, job_id: UUID, *, expected_status: str | None, settlement_status: str, tx_hash: str | None
+    ) -> JobRecord | None:
+        """set_payment only while the job's settlement status is still ``expected_status``: for readers
+        bringing a job up to date from the payment's own record. None when someone got there first."""
+        return await self.store.set_payment(
+            job_id,
+            tx_hash=tx_hash,
+            settlement_status=settlement_status,
+            check_status=True,
+            expected_status=expected_status,
+        )
+
+    async def release_hold(self, job_id: UUID) -> bool:
+        """Let a job submitted with ``hold_seconds`` run now (its payment was settled)."""
+        return await self.store.release_hold(job_id)
 
     async def redeliver_final(self, job_id: UUID) -> UUID | None:
         """Replay the final webhook event with its original event id; None if there is none."""

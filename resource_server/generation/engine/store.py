@@ -30,6 +30,7 @@ from .states import (
     check_step_transition,
     check_transition,
 )
+from .wakeup import notify_queued
 
 NOTIFY_CHANNEL = "generation_job_events"
 
@@ -37,8 +38,25 @@ NOTIFY_CHANNEL = "generation_job_events"
 # short, so one global transaction lock costs nothing. The bytes spell "x402genq" (visible in pg_locks).
 _ADMISSION_LOCK = int.from_bytes(b"x402genq", "big", signed=True)
 
-_ACTIVE = [s.value for s in ACTIVE]
-_FINAL = [s.value for s in FINAL]
+# Appended to the RETURNING list of lease bookkeeping (claims, heartbeats, step starts, progress, the
+# hook's done mark): the transaction then commits without waiting for its WAL flush. Those writes only
+# ever need redoing if PostgreSQL itself crashes within the last fraction of a second, and the engine
+# redoes them anyway: a lost claim or step start is claimed and started again when the lease runs out,
+# lost progress is reported again, and a lost done mark calls the at-least-once hook again. Under
+# concurrent workers the flush waits were what serialised them. Job creation, step results, final
+# statuses, cancels and payments keep synchronous commits: a client has been told about those.
+_NO_FLUSH_WAIT = "set_config('synchronous_commit', 'off', true) AS _no_flush_wait"
+
+
+def _sql_list(statuses: frozenset[JobStatus]) -> str:
+    return "(" + ", ".join(f"'{s.value}'" for s in sorted(statuses)) + ")"
+
+
+# Written into the SQL, not passed as parameters: the partial indexes are defined on these literal lists,
+# and a prepared statement's generic plan can only use an index whose predicate the query's own text
+# implies. With `status = ANY($n)` the claim fell back to scanning and sorting the whole table.
+_ACTIVE_SQL = _sql_list(ACTIVE)
+_FINAL_SQL = _sql_list(FINAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +71,11 @@ class NewJob:
     webhook_secret: str | None = None
     webhook_progress: bool = False
     payment_challenge_id: str | None = None
+    settlement_status: str | None = None
+    deadline_seconds: float | None = None  # from creation; past it the job fails as "timeout"
+    # Not claimable for this long (the API settles a payment before letting the job run); release_hold
+    # ends it early. Bounded, so a hold whose holder died still runs the job.
+    hold_seconds: float | None = None
 
 
 class JobNotFound(LookupError):
@@ -73,14 +96,13 @@ class JobStore:
     async def load(self, payer: str | None, conn: Any = None) -> Load:
         c = conn if conn is not None else self.pool
         row = await c.fetchrow(
-            """SELECT
-                 (SELECT count(*) FROM generation_jobs WHERE payer = $1 AND status = ANY($2::text[]))
+            f"""SELECT
+                 (SELECT count(*) FROM generation_jobs WHERE payer = $1 AND status IN {_ACTIVE_SQL})
                    AS payer_active,
                  (SELECT extract(epoch FROM now() - min(queued_at)) FROM generation_jobs
-                   WHERE payer = $1 AND status = ANY($2::text[])) AS oldest_age,
+                   WHERE payer = $1 AND status IN {_ACTIVE_SQL}) AS oldest_age,
                  (SELECT count(*) FROM generation_jobs WHERE status = 'queued') AS queued""",
             payer,
-            _ACTIVE,
         )
         assert row is not None
         age = row["oldest_age"]
@@ -107,8 +129,12 @@ class JobStore:
                     raise AdmissionRefused(refusal)
             record = await conn.fetchrow(
                 """INSERT INTO generation_jobs (id, tool, params, payer, idempotency_key, status, status_text,
-                       price, webhook_url, webhook_secret, webhook_progress, payment_challenge_id)
-                   VALUES ($1, $2, $3, $4, $5, 'queued', 'queued', $6, $7, $8, $9, $10) RETURNING *""",
+                       price, webhook_url, webhook_secret, webhook_progress, payment_challenge_id,
+                       settlement_status, deadline_at, run_after)
+                   VALUES ($1, $2, $3, $4, $5, 'queued', 'queued', $6, $7, $8, $9, $10, $11,
+                       now() + make_interval(secs => $12::float8),
+                       now() + make_interval(secs => COALESCE($13::float8, 0)))
+                   RETURNING *""",
                 uuid4(),
                 new.tool,
                 new.params,
@@ -119,6 +145,9 @@ class JobStore:
                 new.webhook_secret,
                 new.webhook_progress,
                 new.payment_challenge_id,
+                new.settlement_status,
+                new.deadline_seconds,
+                new.hold_seconds,
             )
             assert record is not None
             job = JobRecord.from_record(record)
@@ -127,6 +156,8 @@ class JobStore:
                 [(job.id, i, name) for i, name in enumerate(new.step_names)],
             )
             await self._record(conn, job, "status", {})
+            if new.hold_seconds is None:
+                await notify_queued(conn)
             return job, True
 
     async def get(self, job_id: UUID) -> JobRecord | None:
@@ -163,30 +194,28 @@ class JobStore:
     async def claim(self, owner: str, lease_seconds: float, tools: Sequence[str]) -> JobRecord | None:
         """Lease the next runnable job: queued, or active with its lease run out (its worker is gone)."""
         r = await self.pool.fetchrow(
-            """UPDATE generation_jobs SET lease_owner=$1, lease_until=now() + make_interval(secs => $2),
+            f"""UPDATE generation_jobs SET lease_owner=$1, lease_until=now() + make_interval(secs => $2),
                    heartbeat_at=now(), updated_at=now()
                WHERE id = (SELECT id FROM generation_jobs
-                           WHERE status = ANY($4::text[]) AND run_after <= now()
+                           WHERE status IN {_ACTIVE_SQL} AND run_after <= now()
                              AND (lease_until IS NULL OR lease_until < now())
                              AND tool = ANY($3::text[])
                            ORDER BY run_after, queued_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-               RETURNING *""",
+               RETURNING *, {_NO_FLUSH_WAIT}""",
             owner,
             lease_seconds,
             list(tools),
-            _ACTIVE,
         )
         return JobRecord.from_record(r) if r else None
 
     async def heartbeat(self, job_id: UUID, owner: str, lease_seconds: float) -> bool:
         """False when the lease is gone (expired and taken, or the job was canceled): stop working."""
         done = await self.pool.fetchval(
-            """UPDATE generation_jobs SET lease_until=now() + make_interval(secs => $3), heartbeat_at=now()
-               WHERE id=$1 AND lease_owner=$2 AND status = ANY($4::text[]) RETURNING 1""",
+            f"""UPDATE generation_jobs SET lease_until=now() + make_interval(secs => $3), heartbeat_at=now()
+               WHERE id=$1 AND lease_owner=$2 AND status IN {_ACTIVE_SQL} RETURNING 1, {_NO_FLUSH_WAIT}""",
             job_id,
             owner,
             lease_seconds,
-            _ACTIVE,
         )
         return done is not None
 
@@ -220,7 +249,8 @@ class JobStore:
             jr = await conn.fetchrow(
                 """UPDATE generation_jobs SET status=$2, status_text=$3, progress=$4, current_step=$5,
                        started_at=COALESCE(started_at, now()), updated_at=now()
-                   WHERE id=$1 RETURNING *""",
+                   WHERE id=$1 RETURNING *, """
+                + _NO_FLUSH_WAIT,
                 job_id,
                 phase.value,
                 text,
@@ -241,7 +271,8 @@ class JobStore:
                 return False
             jr = await conn.fetchrow(
                 """UPDATE generation_jobs SET progress=$2, status_text=$3, updated_at=now()
-                   WHERE id=$1 RETURNING *""",
+                   WHERE id=$1 RETURNING *, """
+                + _NO_FLUSH_WAIT,
                 job_id,
                 progress,
                 text,
@@ -463,6 +494,7 @@ class JobStore:
             await self._record(
                 conn, queued, "status", {"retry_of_run": job.runs, "resume_step": job.failed_step}
             )
+            await notify_queued(conn)
             return queued
 
     async def set_payment(
@@ -472,36 +504,57 @@ class JobStore:
         challenge_id: str | None = None,
         tx_hash: str | None = None,
         settlement_status: str | None = None,
-    ) -> JobRecord:
-        """Opaque payment bookkeeping for the API layer; None leaves a field as it is."""
+        check_status: bool = False,
+        expected_status: str | None = None,
+    ) -> JobRecord | None:
+        """Opaque payment bookkeeping for the API layer; None leaves a field as it is. With
+        ``check_status`` the update happens only while the settlement status is still
+        ``expected_status`` (so a reader syncing from a stale view cannot undo a newer write), and None
+        says it was not."""
         r = await self.pool.fetchrow(
             """UPDATE generation_jobs SET payment_challenge_id=COALESCE($2, payment_challenge_id),
                    payment_tx_hash=COALESCE($3, payment_tx_hash),
                    settlement_status=COALESCE($4, settlement_status), updated_at=now()
-               WHERE id=$1 RETURNING *""",
+               WHERE id=$1 AND (NOT $5 OR settlement_status IS NOT DISTINCT FROM $6)
+               RETURNING *""",
             job_id,
             challenge_id,
             tx_hash,
             settlement_status,
+            check_status,
+            expected_status,
         )
         if r is None:
+            if check_status and await self.status(job_id) is not None:
+                return None
             raise JobNotFound(str(job_id))
         return JobRecord.from_record(r)
+
+    async def release_hold(self, job_id: UUID) -> bool:
+        """Make a held, still queued job claimable now; False if it was not waiting (or is gone)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                """UPDATE generation_jobs SET run_after=now(), updated_at=now()
+                   WHERE id=$1 AND status='queued' AND run_after > now() RETURNING 1""",
+                job_id,
+            )
+            if done is not None:
+                await notify_queued(conn)
+            return done is not None
 
     # -- settlement hook bookkeeping -------------------------------------------------------------------
 
     async def claim_final(self, lease_seconds: float) -> JobRecord | None:
         """A final job whose on_final has not succeeded yet and is due, leased so one worker calls it."""
         r = await self.pool.fetchrow(
-            """UPDATE generation_jobs SET final_lease_until=now() + make_interval(secs => $1)
+            f"""UPDATE generation_jobs SET final_lease_until=now() + make_interval(secs => $1)
                WHERE id = (SELECT id FROM generation_jobs
-                           WHERE NOT final_handled AND status = ANY($2::text[])
+                           WHERE NOT final_handled AND status IN {_FINAL_SQL}
                              AND final_next_attempt_at <= now()
                              AND (final_lease_until IS NULL OR final_lease_until < now())
                            ORDER BY final_next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)
                RETURNING *""",
             lease_seconds,
-            _FINAL,
         )
         return JobRecord.from_record(r) if r else None
 
@@ -509,7 +562,8 @@ class JobStore:
         # Fenced on runs and status: if the job was retried meanwhile, this outcome is no longer current.
         done = await self.pool.fetchval(
             """UPDATE generation_jobs SET final_handled=true, final_lease_until=NULL, final_error=NULL
-               WHERE id=$1 AND runs=$2 AND status=$3 RETURNING 1""",
+               WHERE id=$1 AND runs=$2 AND status=$3 RETURNING 1, """
+            + _NO_FLUSH_WAIT,
             job.id,
             job.runs,
             job.status.value,
@@ -530,18 +584,21 @@ class JobStore:
     # -- events ----------------------------------------------------------------------------------------
 
     async def _record(self, conn: Any, job: JobRecord, kind: str, detail: dict[str, Any]) -> None:
+        # One round trip for the row and its notification, which is delivered at commit, so a follower
+        # woken by it always finds the row.
         await conn.execute(
-            """INSERT INTO generation_job_events (job_id, kind, status, progress, text, detail)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
+            """WITH event AS (
+                   INSERT INTO generation_job_events (job_id, kind, status, progress, text, detail)
+                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING job_id)
+               SELECT pg_notify($7, job_id::text) FROM event""",
             job.id,
             kind,
             job.status.value,
             job.progress,
             job.status_text,
             detail,
+            NOTIFY_CHANNEL,
         )
-        # Delivered at commit, so a follower woken by it always finds the row.
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(job.id))
         if job.webhook_url is None:
             return
         if kind == "status" and job.status.final:

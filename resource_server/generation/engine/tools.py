@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
-from .params import ToolLimits, duration_of, validate_prompt_duration
+from .params import ToolLimits, duration_of, prompt_duration_schema, validate_prompt_duration
 from .pricing import PriceBreakdown, StepPrice, price_breakdown
 from .states import PHASES, JobStatus
 
@@ -69,6 +69,12 @@ class Tool:
     parse_params: Callable[[Mapping[str, Any], ToolLimits], dict[str, Any]] = validate_prompt_duration
     # The job's public result from all step outputs; by default the last step's output.
     result: Callable[[Mapping[str, StepOutput]], dict[str, Any]] = field(default=_last_output)
+    description: str = ""
+    # JSON Schema of the inputs parse_params accepts, for the catalogue (it must describe the same rules).
+    input_schema: Callable[[ToolLimits], dict[str, Any]] = prompt_duration_schema
+    # The validated inputs the price depends on: a payment is bound to these, so a cheap quote cannot pay
+    # for expensive inputs, while the rest (a prompt's wording) may change between quote and payment.
+    priced_params: tuple[str, ...] = ("duration_seconds",)
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.steps]
@@ -78,6 +84,10 @@ class Tool:
     @property
     def weights(self) -> list[float]:
         return [s.weight for s in self.steps]
+
+    def price_basis(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The priced inputs of validated ``params`` (absent ones left out)."""
+        return {name: params[name] for name in self.priced_params if name in params}
 
     def price(self, params: Mapping[str, Any]) -> PriceBreakdown:
         return price_breakdown(

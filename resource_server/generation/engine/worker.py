@@ -14,13 +14,14 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from uuid import uuid4
 
 import orjson
 import structlog
 
 from ..backoff import Backoff
-from ..errors import ErrorCategory, GenerationError
+from ..errors import ErrorCategory, GenerationError, deadline_exceeded
 from ..metrics import GenerationMetrics
 from .failures import FailJob, after_failure, classify
 from .progress import job_progress, worth_recording
@@ -28,6 +29,7 @@ from .records import JobRecord, StepRecord
 from .states import StepStatus
 from .store import JobStore
 from .tools import StepContext, StepOutput, Tool
+from .wakeup import QueueWaker
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +66,10 @@ class Worker:
         owner: str | None = None,
         metrics: GenerationMetrics | None = None,
         draw: Callable[[], float] = random.random,
+        waker: QueueWaker | None = None,
     ) -> None:
         self.store = store
+        self.waker = waker
         self.tools = dict(tools)
         self.on_final = on_final
         self.config = config or WorkerConfig()
@@ -81,15 +85,27 @@ class Worker:
             group.create_task(self._final_sweep())
 
     async def _slot(self) -> None:
-        while True:
-            try:
-                worked = await self.run_once()
-            except Exception:
-                # A database hiccup must not end the worker; the job's lease will hand it on if needed.
-                log.exception("generation_worker_error", owner=self.owner)
-                worked = False
-            if not worked:
-                await asyncio.sleep(self.config.poll_seconds)
+        wake = self.waker.slot() if self.waker is not None else None
+        try:
+            while True:
+                if wake is not None:
+                    wake.clear()
+                try:
+                    worked = await self.run_once()
+                except Exception:
+                    # A database hiccup must not end the worker; the job's lease will hand it on if needed.
+                    log.exception("generation_worker_error", owner=self.owner)
+                    worked = False
+                if worked:
+                    continue
+                if wake is None:
+                    await asyncio.sleep(self.config.poll_seconds)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), self.config.poll_seconds)
+        finally:
+            if wake is not None and self.waker is not None:
+                self.waker.leave(wake)
 
     async def _final_sweep(self) -> None:
         while True:
@@ -187,6 +203,11 @@ class Worker:
                 code="worker_lost",
             )
             return await self._fail(job, idx, error)
+        remaining = _remaining_seconds(job)
+        if remaining is not None and remaining <= 0:
+            return await self._fail(
+                job, idx, deadline_exceeded(f"the job's deadline passed before {step.name}")
+            )
         base = job_progress(tool.weights, idx)
         started = await self.store.start_step(
             job.id, self.owner, idx, phase=step.phase, text=step.label or step.name, progress=base
@@ -203,8 +224,10 @@ class Worker:
             report=_Reporter(self, job, tool, idx, base, step.label or step.name),
             notice=_Noticer(self, job),
         )
+        # A deadline cuts the step short too: work past it could not be paid for.
+        limit = step.timeout_seconds if remaining is None else min(step.timeout_seconds, remaining)
         try:
-            async with asyncio.timeout(step.timeout_seconds):
+            async with asyncio.timeout(limit):
                 output = dict(await step.run(context))
             # Checked here so an output that cannot be stored fails the step (internal), instead of
             # failing the database write after it and looping through lease expiries.
@@ -212,6 +235,9 @@ class Worker:
         except (LeaseLost, asyncio.CancelledError):
             raise
         except Exception as exc:
+            if _past_deadline(job):
+                error = deadline_exceeded(f"{step.name} was still running at the job's deadline")
+                return await self._fail(job, idx, error)
             return await self._after_failure(job, tool, idx, started.attempts, classify(exc))
         outputs[step.name] = output
         last = idx == len(tool.steps) - 1
@@ -246,6 +272,10 @@ class Worker:
             return await self._fail(
                 job, idx, GenerationError(decision.category, decision.message, code=error.code)
             )
+        remaining = _remaining_seconds(job)
+        if remaining is not None and decision.delay_seconds >= remaining:
+            message = f"{step.name} failed and its retry would come after the job's deadline: {error.message}"
+            return await self._fail(job, idx, deadline_exceeded(message))
         log.info("generation_step_retry", job_id=str(job.id), step=step.name, delay=decision.delay_seconds)
         if self.metrics is not None:
             self.metrics.step_retries.labels(tool.name, step.name).inc()
@@ -291,6 +321,19 @@ class Worker:
     async def _notice(self, job: JobRecord, code: str, message: str) -> None:
         if not await self.store.add_notice(job.id, self.owner, code, message):
             raise LeaseLost()
+
+
+def _remaining_seconds(job: JobRecord) -> float | None:
+    """Seconds left before the job's deadline (negative once past), None without one. The worker's clock
+    against the database's: the API's settlement margin absorbs ordinary skew."""
+    if job.deadline_at is None:
+        return None
+    return (job.deadline_at - datetime.now(UTC)).total_seconds()
+
+
+def _past_deadline(job: JobRecord) -> bool:
+    remaining = _remaining_seconds(job)
+    return remaining is not None and remaining <= 0
 
 
 class _Reporter:

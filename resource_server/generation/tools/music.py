@@ -33,6 +33,15 @@ DEFAULT_LIMITS = ToolLimits(
     max_prompt_chars=1000,
     max_output_bytes=25 * 1024 * 1024,
     expected_seconds=30.0,
+    # Longer than the generate step's timeout (900 s would leave a remote provider no retry) is not
+    # needed: the fallback chain answers within it, and a longer window ties the payer's funds up.
+    max_job_seconds=900.0,
+)
+
+DESCRIPTION = (
+    "Music from a text prompt: the prompt is refined, rendered by the first available provider (a local "
+    "synthesizer when no remote provider is configured), checked and stored as a downloadable file "
+    "(WAV from the local synthesizer)."
 )
 
 
@@ -95,4 +104,5 @@ def music_tool(
         ),
         limits=limits,
         markup_rate=markup_rate,
+        description=DESCRIPTION,
     )

@@ -1,0 +1,140 @@
+"""A job's payment: settled through the paywall when the job completes, released when it does not.
+
+`JobPayments.on_final` is the worker's settlement hook (called at least once per final outcome, retried
+until it returns). It acts only on a payment that is still held (challenge `verified`):
+
+- completed: settle it (the facilitator is idempotent for one authorization, so a repeat after a crash
+  gets the same transaction). A facilitator that cannot be reached leaves it held and the hook raises,
+  to be retried, until too little of the authorization's window is left; then it is released.
+- failed, canceled or timed out: release it; the authorization is never submitted.
+
+Either way the outcome is copied onto the job (`set_payment`) from the challenge, which stays the source
+of truth: the audit trail records every move with the job id, and a `settlement_pending` answer is
+finished by the resource server's reconciler; readers of the job bring it up to date (`current`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from ..challenges.records import Challenge
+from ..challenges.states import ChallengeStatus
+from ..generation.engine.records import JobRecord
+from ..generation.engine.service import GenerationEngine
+from ..generation.engine.states import JobStatus
+from ..held_payments import load_held
+from ..paywall import HeldPayment, Paywall
+
+log = structlog.get_logger(__name__)
+
+# Job payment states (JobRecord.settlement_status), as API clients see them.
+HELD: Final = "held"  # verified; settled when the job completes
+SETTLING: Final = "settling"  # settle-on-accept: being settled before the job may run
+SETTLED: Final = "settled"
+PENDING: Final = "pending"  # broadcast, not confirmed yet: the reconciler finishes it
+FAILED: Final = "failed"  # the facilitator refused to settle it
+RELEASED: Final = "released"  # never submitted: the payer keeps the money
+
+_OF_CHALLENGE: Final = {
+    ChallengeStatus.SETTLED: SETTLED,
+    ChallengeStatus.SETTLEMENT_PENDING: PENDING,
+    ChallengeStatus.FAILED: FAILED,
+    ChallengeStatus.RELEASED: RELEASED,
+}
+# States a job's copy may still move on from; the others are final, as the challenge's are.
+OPEN: Final = frozenset({HELD, SETTLING, PENDING})
+# A result is handed out once its payment is settled or on its way (or when nothing was paid).
+RESULT_RELEASED_BY: Final = frozenset({SETTLED, PENDING})
+
+
+class PaymentStillHeld(RuntimeError):
+    """The payment could not be decided this time (the hook is retried)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentState:
+    status: str | None
+    tx_hash: str | None
+
+
+def state_of(challenge: Challenge, held_as: str | None) -> PaymentState:
+    """The job-facing state of a claimed challenge; while verified, whatever the job says it is held as."""
+    return PaymentState(_OF_CHALLENGE.get(challenge.status, held_as), challenge.tx_hash)
+
+
+class JobPayments:
+    def __init__(
+        self,
+        paywall: Paywall,
+        engine: GenerationEngine,
+        *,
+        release_before_expiry_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.paywall = paywall
+        self.engine = engine
+        # Closer than this to validBefore, a settlement could not land: release instead of trying.
+        self.release_before_expiry_seconds = release_before_expiry_seconds
+        self.clock = clock
+
+    async def on_final(self, job: JobRecord) -> None:
+        cid = job.payment_challenge_id
+        if cid is None:
+            return
+        record = await load_held(self.paywall.store, cid)
+        if record is None:
+            # The job names a payment that was never claimed: nothing can be settled or released.
+            log.error("job_payment_missing", job_id=str(job.id), challenge_id=cid)
+            return
+        if record.challenge.status is ChallengeStatus.VERIFIED:
+            await self._decide(job, record.payment)
+            record = await load_held(self.paywall.store, cid)
+            assert record is not None
+            if record.challenge.status is ChallengeStatus.VERIFIED:
+                raise PaymentStillHeld(f"the payment of job {job.id} is still held; retrying")
+        await self._copy(job, state_of(record.challenge, job.settlement_status))
+
+    async def _decide(self, job: JobRecord, held: HeldPayment) -> None:
+        context: dict[str, object] = {"jobId": str(job.id), "jobStatus": job.status.value}
+        if job.status is not JobStatus.COMPLETED:
+            if job.failure_code:
+                context["failure"] = job.failure_code
+            await self.paywall.release(held, reason=f"job_{job.status.value}", detail=context)
+            return
+        left = held.valid_before - self.clock()
+        if left < self.release_before_expiry_seconds:
+            context["secondsLeft"] = round(left, 1)
+            await self.paywall.release(held, reason="authorization_expiring", detail=context)
+            return
+        # Raises on facilitator trouble with the payment still held: the worker retries the hook.
+        await self.paywall.settle(held, release_unsent=False, context=context)
+
+    async def _copy(self, job: JobRecord, state: PaymentState) -> None:
+        if (state.status, state.tx_hash) == (job.settlement_status, job.payment_tx_hash):
+            return
+        await self.engine.set_payment(job.id, tx_hash=state.tx_hash, settlement_status=state.status)
+
+    async def current(self, job: JobRecord) -> PaymentState:
+        """The job's payment as of now. While the job's copy may still change, the challenge is read, and
+        a newer state is written back (only over the state it replaces, so a stale reader cannot undo a
+        newer write)."""
+        cid = job.payment_challenge_id
+        mine = PaymentState(job.settlement_status, job.payment_tx_hash)
+        if cid is None or job.settlement_status not in OPEN:
+            return mine
+        challenge = await self.paywall.store.get(cid)
+        if challenge is None:
+            return mine
+        state = state_of(challenge, job.settlement_status)
+        if state != mine and state.status is not None:
+            await self.engine.sync_payment(
+                job.id,
+                expected_status=job.settlement_status,
+                settlement_status=state.status,
+                tx_hash=state.tx_hash,
+            )
+        return state
