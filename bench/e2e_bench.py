@@ -50,54 +50,6 @@ MAX_FAILURE_SAMPLES = 5
 GROUPS = ("resource_server", "facilitator", "anvil", "postgres", "client")
 
 
-# -- an HTTP/1.1 connection that also returns the response headers --------------------------------------
-
-
-class HeaderConnection(Connection):
-    """bench.loadgen.Connection, but the answer includes the headers (lower-case names, bytes values)."""
-
-    async def request_h(self, data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-        if self._writer is None:
-            await self.open()
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(data)
-        reader = self._reader
-        head = await reader.readuntil(b"\r\n\r\n")
-        status_line, _, header_block = head.partition(b"\r\n")
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-            raise HttpError(f"bad status line {status_line!r}")
-        status = int(parts[1])
-        headers: dict[bytes, bytes] = {}
-        for line in header_block.split(b"\r\n"):
-            if not line:
-                continue
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get(b"content-length", b"-1"))
-        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
-        close = b"close" in headers.get(b"connection", b"").lower()
-        if chunked:
-            body = bytearray()
-            while True:
-                size_line = await reader.readuntil(b"\r\n")
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    await reader.readuntil(b"\r\n")
-                    break
-                body += await reader.readexactly(size + 2)
-                del body[-2:]
-            payload = bytes(body)
-        elif length >= 0:
-            payload = await reader.readexactly(length)
-        else:
-            payload = await reader.read()
-            close = True
-        if close:
-            await self.close()
-        return status, headers, payload
-
-
 # -- payers ---------------------------------------------------------------------------------------------
 
 
@@ -144,7 +96,7 @@ async def run_flows(
     host_line = f"Host: {HOST}:{port}\r\n"
     challenge_req = f"GET {PATH} HTTP/1.1\r\n{host_line}\r\n".encode()
     paid_prefix = f"GET {PATH} HTTP/1.1\r\n{host_line}PAYMENT-SIGNATURE: ".encode()
-    conns = [HeaderConnection(HOST, port) for _ in range(concurrency)]
+    conns = [Connection(HOST, port) for _ in range(concurrency)]
     await asyncio.gather(*(c.open() for c in conns))
     counter = 0
     started = time.perf_counter()
@@ -156,7 +108,7 @@ async def run_flows(
         if len(res.failure_samples) < MAX_FAILURE_SAMPLES:
             res.failure_samples.append(msg)
 
-    async def worker(conn: HeaderConnection) -> None:
+    async def worker(conn: Connection) -> None:
         nonlocal counter, last_done
         while True:
             if max_flows is not None:
@@ -170,7 +122,7 @@ async def run_flows(
             t0 = time.perf_counter()
             counted = False
             try:
-                status, headers, body = await conn.request_h(challenge_req)
+                status, headers, body = await conn.request_with_headers(challenge_req)
                 t1 = time.perf_counter()
                 res.flows += 1
                 counted = True
@@ -183,7 +135,7 @@ async def run_flows(
                 payload = pay_v2(payer.key_hex, payer.address, requirements)
                 data = paid_prefix + encode_json_header(payload).encode("ascii") + b"\r\n\r\n"
                 t2 = time.perf_counter()
-                status, headers, body = await conn.request_h(data)
+                status, headers, body = await conn.request_with_headers(data)
                 t3 = time.perf_counter()
             except (OSError, asyncio.IncompleteReadError, HttpError, ValueError, KeyError) as exc:
                 if not counted:

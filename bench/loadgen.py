@@ -58,6 +58,11 @@ class Connection:
             self._reader = None
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
+        status, _, payload = await self.request_with_headers(data)
+        return status, payload
+
+    async def request_with_headers(self, data: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Status, headers (lower-case names, bytes values) and body of one request."""
         if self._writer is None:
             await self.open()
         assert self._reader is not None and self._writer is not None
@@ -69,18 +74,14 @@ class Connection:
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
             raise HttpError(f"bad status line {status_line!r}")
         status = int(parts[1])
-        length = -1
-        chunked = False
-        close = False
+        headers: dict[bytes, bytes] = {}
         for line in header_block.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            lname = name.strip().lower()
-            if lname == b"content-length":
-                length = int(value.strip())
-            elif lname == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-            elif lname == b"connection" and b"close" in value.lower():
-                close = True
+            if line:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"-1"))
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        close = b"close" in headers.get(b"connection", b"").lower()
         if chunked:
             body = bytearray()
             while True:
@@ -99,7 +100,7 @@ class Connection:
             close = True
         if close:
             await self.close()
-        return status, payload
+        return status, headers, payload
 
 
 @dataclass
