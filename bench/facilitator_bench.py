@@ -145,17 +145,21 @@ class Bench:
         self._signers: dict[str, list[str]] = {}
         self.blocktime_results: list[dict[str, Any]] = []
         self.dsn = ""
+        self.generation = 0  # how many stacks (chain, database, servers) this run has started
+        self._settled_cells = 0
 
     # -- set-up ------------------------------------------------------------------------------------------
 
     async def setup(self) -> None:
         a = self.args
         t0 = time.perf_counter()
+        self.generation += 1
+        self.payers = []
         self.chain = DevChain.start(block_time=a.block_time, facilitator_key_count=6)
         chain = self.chain
         self.reader = ChainReader(chain.rpc_url)
         self.token = TokenInfo(chain.usdc.address, chain.usdc.name, chain.usdc.version, chain.chain_id)
-        pg_dir = self.workdir / "pg"
+        pg_dir = self.workdir / f"pg{self.generation}"
         dsn, self.embedded = await asyncio.to_thread(resolve_database_url, None, pg_dir)
         self.dsn = dsn
         log(f"chain {chain.rpc_url} (block time {a.block_time or 'automine'}), PostgreSQL in {pg_dir}")
@@ -222,15 +226,30 @@ class Bench:
             + ", ".join(f"{n} pid {s.pid} port {s.port}" for n, s in self.servers.items())
         )
 
-    async def teardown(self) -> None:
+    async def stop_stack(self) -> None:
         for server in self.servers.values():
             server.stop()
+        self.servers = {}
         if self.reader is not None:
             self.reader.close()
+            self.reader = None
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
         if self.chain is not None:
             self.chain.stop()
+            self.chain = None
+
+    async def fresh_stack(self) -> None:
+        """A new chain, database and servers, warmed up: Anvil 1.7.1 spends time per block in proportion
+        to the contract storage it holds (foundry-rs/foundry#6124), so a settle cell on a chain that earlier
+        cells filled measures Anvil's growth more than the facilitator."""
+        await self.stop_stack()
+        await self.setup()
+        await self.warm_up()
+
+    async def teardown(self) -> None:
+        await self.stop_stack()
         if self.args.keep_workdir:
             log(f"kept {self.workdir} (server logs, configs)")
         else:
@@ -274,6 +293,8 @@ class Bench:
             spy = PySpy(server.pid, Path(profile))
             spy.start()
         rpc_before = await self.rpc_counts(target)
+        assert self.reader is not None
+        first_block = self.reader.block_number()
         before = self.meter.snapshot()
         try:
             result = await run_cell(
@@ -293,6 +314,9 @@ class Bench:
         if server.popen.poll() is not None:
             raise RuntimeError(f"{target} died during the cell:\n{server.log_tail()}")
         cpu: dict[str, Any] = CpuMeter.percent(before, after)
+        if path == "/settle" and result.ok:
+            blocks = self.reader.block_number() - first_block
+            cpu["_blocks"] = f"{blocks} blocks, {result.ok / max(blocks, 1):.1f} settlements per block"
         rpc_after = await self.rpc_counts(target)
         if rpc_before is not None and rpc_after is not None and result.sent:
             per = {m: (rpc_after[m] - rpc_before.get(m, 0)) / result.sent for m in rpc_after}
@@ -366,6 +390,8 @@ class Bench:
                 # Alternate which target goes first, so neither always runs on the younger chain.
                 order = targets if i % 2 == 0 else list(reversed(targets))
                 for target in order:
+                    if phase == "settle" and not a.shared_chain and self._settled_cells:
+                        await self.fresh_stack()
                     payees = new_addresses(a.payees_per_cell)
                     t0 = time.perf_counter()
                     payments = self.payments(self.pool_size(phase, c), payees, offset=i)
@@ -382,6 +408,7 @@ class Bench:
                     row = self._row(phase, target, c, res, cpu)
                     if phase == "settle":
                         row.chain_check = self._check_settle(payments, res, payees)
+                        self._settled_cells += 1
                     self.rows.append(row)
                     log(
                         f"{phase:6} {target:4} c={c:<4} {res.sent:6} req in {res.elapsed:6.2f}s = "
@@ -392,6 +419,8 @@ class Bench:
                         f"  cpu% {_cpu_text(cpu)}"
                         + (f"  chain: {row.chain_check}" if row.chain_check else "")
                     )
+                    if cpu.get("_blocks"):
+                        log(f"    chain: {cpu['_blocks']}")
                     if cpu.get("_rpc_per_request"):
                         log(
                             f"    JSON-RPC HTTP requests per {phase} (ours /metrics): "
@@ -769,6 +798,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--py-spy-targets", default="ours")
     p.add_argument("--json", default="", help="write all results to this JSON file")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp folder (server logs)")
+    p.add_argument(
+        "--shared-chain",
+        action="store_true",
+        help="run every settle cell on the one chain (default: a fresh chain, database and servers each)",
+    )
     a = p.parse_args(argv)
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     a.phases = [t.strip() for t in a.phases.split(",") if t.strip()]

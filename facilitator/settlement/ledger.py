@@ -5,7 +5,7 @@ cannot both move it; the loser re-reads and follows the winner."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,7 +14,7 @@ import asyncpg
 
 from shared.telemetry.tracing import span
 
-from .states import ALLOWED, Status, check_transition
+from .states import ALLOWED, IllegalTransition, Status, check_transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +102,15 @@ class NewSettlement:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirmation:
+    settlement_id: int
+    tx_hash: str
+    block_number: int
+    block_hash: str | None
+    gas_used: int
+
+
+@dataclass(frozen=True, slots=True)
 class StoredTransaction:
     tx_hash: str
     settlement_id: int
@@ -128,25 +137,18 @@ class Ledger:
         self, new: NewSettlement, *, lease_owner: str, lease_seconds: float
     ) -> SettlementRow | None:
         """The new row, leased to the caller; None when the authorization is already in the ledger."""
-        k = new.key
-        # One statement: the row and its first audit event commit together, in one round trip.
-        async with span("db.settlement.insert"):
-            record = await self.pool.fetchrow(
-                """
-                WITH ins AS (
-                    INSERT INTO settlements (chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
-                        valid_before, network, x402_version, payload_hash, payload, requirements, calldata,
-                        status, lease_owner, lease_until)
-                    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'received',$15,
-                            now() + make_interval(secs => $16))
-                    ON CONFLICT ON CONSTRAINT settlements_authorization_key DO NOTHING
-                    RETURNING *
-                ), ev AS (
-                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
-                    SELECT id, NULL, 'received', jsonb_build_object('lease_owner', $15::text) FROM ins
-                )
-                SELECT * FROM ins
-                """,
+        (row,) = await self.insert_many([(new, lease_owner)], lease_seconds=lease_seconds)
+        return row
+
+    async def insert_many(
+        self, news: Sequence[tuple[NewSettlement, str]], *, lease_seconds: float
+    ) -> list[SettlementRow | None]:
+        """Group commit of `insert`: each (settlement, lease owner) gets its new row, or None when its
+        authorization is already in the ledger. The rows and their first events commit together."""
+        columns: list[list[Any]] = [[] for _ in range(15)]
+        for new, owner in news:
+            k = new.key
+            values = (
                 k.chain_id,
                 k.token,
                 k.payer,
@@ -161,10 +163,48 @@ class Ledger:
                 new.payload,
                 new.requirements,
                 new.calldata,
-                lease_owner,
+                owner,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        async with span("db.settlement.insert", rows=len(news)):
+            records = await self.pool.fetch(
+                """
+                WITH v AS (
+                    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                         $6::numeric[], $7::numeric[], $8::numeric[], $9::text[], $10::int[],
+                                         $11::text[], $12::jsonb[], $13::jsonb[], $14::bytea[], $15::text[])
+                        AS v(chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
+                             valid_before, network, x402_version, payload_hash, payload, requirements,
+                             calldata, lease_owner)
+                ), ins AS (
+                    INSERT INTO settlements (chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
+                        valid_before, network, x402_version, payload_hash, payload, requirements, calldata,
+                        status, lease_owner, lease_until)
+                    SELECT chain_id, token, payer, auth_nonce, pay_to, amount, valid_after, valid_before,
+                           network, x402_version, payload_hash, payload, requirements, calldata,
+                           'received', lease_owner, now() + make_interval(secs => $16)
+                    FROM v
+                    ON CONFLICT ON CONSTRAINT settlements_authorization_key DO NOTHING
+                    RETURNING *
+                ), ev AS (
+                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                    SELECT id, NULL, 'received', jsonb_build_object('lease_owner', lease_owner) FROM ins
+                )
+                SELECT * FROM ins
+                """,
+                *columns,
                 lease_seconds,
             )
-            return SettlementRow.from_record(record) if record is not None else None
+        by_key = {
+            (r["chain_id"], r["token"], r["payer"], r["auth_nonce"]): SettlementRow.from_record(r)
+            for r in records
+        }
+        out: list[SettlementRow | None] = []
+        for new, _ in news:
+            k = new.key
+            out.append(by_key.pop((k.chain_id, k.token, k.payer, k.auth_nonce), None))
+        return out
 
     async def get_by_key(self, key: SettlementKey) -> SettlementRow | None:
         r = await self.pool.fetchrow(
@@ -220,58 +260,98 @@ class Ledger:
         self,
         row: SettlementRow,
         signer: str,
-        sign: Callable[[int], Awaitable[SignedTransaction]] | Callable[[int], SignedTransaction],
+        sign: Callable[[int], SignedTransaction],
     ) -> SignedTransaction:
         """Allocates the signer's next nonce and stores the signed transaction in one database transaction,
         so no nonce is ever allocated without a transaction that can be (re)broadcast for it."""
-        async with span("db.settlement.store_transaction"), self.pool.acquire() as conn, conn.transaction():
-            # Lock the row, check the transition and take the nonce in one round trip; the nonce row stays
-            # locked until commit, so allocations of one signer are serialised across replicas.
-            locked = await conn.fetchrow(
-                """
-                WITH cur AS (SELECT status FROM settlements WHERE id = $1 FOR UPDATE),
-                     n AS (UPDATE signer_nonces SET next_nonce = next_nonce + 1
-                           WHERE chain_id = $2 AND address = $3 RETURNING next_nonce - 1 AS nonce)
-                SELECT cur.status, n.nonce FROM cur LEFT JOIN n ON true
-                """,
-                row.id,
-                row.key.chain_id,
+        (result,) = await self.store_transactions([row], signer, lambda pairs: [sign(n) for _, n in pairs])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def store_transactions(
+        self,
+        rows: Sequence[SettlementRow],
+        signer: str,
+        sign: Callable[[list[tuple[SettlementRow, int]]], list[SignedTransaction]],
+    ) -> list[SignedTransaction | Exception]:
+        """Group commit of `store_transaction`: one database transaction locks the rows, allocates a run of
+        consecutive nonces of one signer and stores every signed transaction. A row whose status forbids
+        the move gets its IllegalTransition in its slot and no nonce."""
+        ids = [r.id for r in rows]
+        async with (
+            span("db.settlement.store_transactions", rows=len(rows)),
+            self.pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            # Locked in id order so two groups never deadlock on each other's rows.
+            statuses = {
+                r["id"]: Status(r["status"])
+                for r in await conn.fetch(
+                    """SELECT id, status FROM settlements WHERE id = ANY($1::bigint[])
+                       ORDER BY id FOR UPDATE""",
+                    ids,
+                )
+            }
+            results: list[SignedTransaction | Exception | None] = []
+            movable: list[SettlementRow] = []
+            for row in rows:
+                current = statuses.get(row.id)
+                if current is None:
+                    results.append(RuntimeError(f"settlement {row.id} does not exist"))
+                elif (current, Status.SUBMITTED) not in ALLOWED:
+                    results.append(IllegalTransition(f"settlement cannot go from {current} to submitted"))
+                else:
+                    results.append(None)
+                    movable.append(row)
+            if not movable:
+                return [r for r in results if r is not None]
+            # The nonce row stays locked until commit: allocations of one signer are serialised
+            # across replicas, and a run of nonces is handed out whole.
+            first = await conn.fetchval(
+                """UPDATE signer_nonces SET next_nonce = next_nonce + $3
+                   WHERE chain_id = $1 AND address = $2 RETURNING next_nonce - $3""",
+                movable[0].key.chain_id,
                 signer,
+                len(movable),
             )
-            if locked is None:
-                raise RuntimeError(f"settlement {row.id} does not exist")
-            current = Status(locked["status"])
-            check_transition(current, Status.SUBMITTED)
-            nonce = locked["nonce"]
-            if nonce is None:
+            if first is None:
                 raise RuntimeError(f"signer {signer} has no nonce row; sync_signer_nonce first")
-            result = sign(nonce)
-            signed = await result if not isinstance(result, SignedTransaction) else result
+            nonces = list(range(first, first + len(movable)))
+            signed = sign(list(zip(movable, nonces, strict=True)))
             await conn.execute(
                 """
-                WITH t AS (
+                WITH v AS (
+                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[],
+                                         $5::numeric[], $6::text[])
+                        AS v(tx_hash, settlement_id, signer_nonce, raw_tx, max_fee_per_gas, from_status)
+                ), t AS (
                     INSERT INTO settlement_transactions (tx_hash, settlement_id, chain_id, signer,
-                        signer_nonce, raw_tx, max_fee_per_gas) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                        signer_nonce, raw_tx, max_fee_per_gas)
+                    SELECT tx_hash, settlement_id, $7, $8, signer_nonce, raw_tx, max_fee_per_gas FROM v
                 ), u AS (
-                    UPDATE settlements SET status = 'submitted', tx_hash = $1, attempts = attempts + 1,
-                        submitted_at = COALESCE(submitted_at, now()), updated_at = now()
-                    WHERE id = $2
+                    UPDATE settlements s SET status = 'submitted', tx_hash = v.tx_hash,
+                        attempts = attempts + 1, submitted_at = COALESCE(submitted_at, now()),
+                        updated_at = now()
+                    FROM v WHERE s.id = v.settlement_id
                 )
                 INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
-                VALUES ($2, $8, 'submitted',
-                        jsonb_build_object('tx_hash', $1::text, 'signer', $4::text,
-                                           'signer_nonce', $5::bigint))
+                SELECT settlement_id, from_status, 'submitted',
+                       jsonb_build_object('tx_hash', tx_hash, 'signer', $8::text,
+                                          'signer_nonce', signer_nonce)
+                FROM v
                 """,
-                signed.tx_hash,
-                row.id,
-                row.key.chain_id,
+                [s.tx_hash for s in signed],
+                [r.id for r in movable],
+                nonces,
+                [s.raw_tx for s in signed],
+                [s.max_fee_per_gas for s in signed],
+                [statuses[r.id].value for r in movable],
+                movable[0].key.chain_id,
                 signer,
-                nonce,
-                signed.raw_tx,
-                signed.max_fee_per_gas,
-                current.value,
             )
-            return signed
+        it = iter(signed)
+        return [next(it) if r is None else r for r in results]
 
     async def rewind_unused_nonce(self, chain_id: int, signer: str, nonce: int, tx_hash: str) -> bool:
         """Undo an allocation whose transaction the node refused, if no later nonce was handed out."""
@@ -353,6 +433,49 @@ class Ledger:
                 if not current.terminal:
                     check_transition(current, new)  # raises: the caller asked for an illegal move
             return SettlementRow.from_record(r)
+
+    async def confirm_many(self, confirmations: Sequence[Confirmation]) -> list[SettlementRow]:
+        """Group commit of `finish(..., CONFIRMED)`: one statement moves every submitted row of the group
+        and records its events; a row another process already finished is read back as it is."""
+        ids = [c.settlement_id for c in confirmations]
+        async with span("db.settlement.confirm_many", rows=len(confirmations)):
+            records = await self.pool.fetch(
+                """
+                WITH v AS (
+                    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])
+                        AS v(id, tx_hash, block_number, block_hash, gas_used)
+                ), cur AS (
+                    SELECT s.id FROM settlements s
+                    WHERE s.id = ANY($1::bigint[]) AND s.status = 'submitted'
+                    ORDER BY s.id FOR UPDATE
+                ), upd AS (
+                    UPDATE settlements s SET status = 'confirmed', tx_hash = v.tx_hash,
+                        block_number = v.block_number, block_hash = v.block_hash, gas_used = v.gas_used,
+                        error_reason = NULL, error_message = NULL, finalized_at = now(), updated_at = now(),
+                        lease_owner = NULL, lease_until = NULL
+                    FROM v JOIN cur ON cur.id = v.id WHERE s.id = v.id
+                    RETURNING s.*
+                ), ev AS (
+                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                    SELECT id, 'submitted', 'confirmed',
+                           jsonb_build_object('tx_hash', tx_hash, 'block_number', block_number)
+                    FROM upd
+                )
+                SELECT * FROM upd
+                """,
+                ids,
+                [c.tx_hash for c in confirmations],
+                [c.block_number for c in confirmations],
+                [c.block_hash for c in confirmations],
+                [c.gas_used for c in confirmations],
+            )
+            by_id = {r["id"]: SettlementRow.from_record(r) for r in records}
+            missing = [i for i in ids if i not in by_id]
+            if missing:
+                found = "SELECT * FROM settlements WHERE id = ANY($1::bigint[])"
+                for r in await self.pool.fetch(found, missing):
+                    by_id[r["id"]] = SettlementRow.from_record(r)
+            return [by_id[i] for i in ids]
 
     async def release(self, settlement_id: int, owner: str) -> None:
         await self.pool.execute(

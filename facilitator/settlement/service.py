@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import structlog
 
+from shared.coalescer import Coalescer
 from shared.rpc.errors import RpcError, RpcUnavailable
 from shared.x402 import reasons
 from shared.x402.models import SettleResponse
@@ -22,10 +23,11 @@ from ..exact_evm.payment import ExactPayment, Rejected
 from ..exact_evm.verifier import ExactEvmVerifier, VerifiedPayment
 from ..runtime import NetworkRuntime
 from .fees import FeeCapExceeded
-from .ledger import Ledger, NewSettlement, SettlementKey, SettlementRow, SignedTransaction
+from .ledger import Confirmation, Ledger, NewSettlement, SettlementKey, SettlementRow, SignedTransaction
 from .receipt_checks import receipt_succeeded, transfer_matches
 from .signers import Signer
 from .states import Status
+from .submitter import Submission, Submitter
 
 log = structlog.get_logger(__name__)
 
@@ -106,6 +108,17 @@ class SettlementService:
         self.lease_seconds = lease_seconds
         self.simulate = simulate
         self._local: dict[SettlementKey, asyncio.Future[SettleResponse]] = {}
+        self.submitters = {
+            chain_id: Submitter(ledger, rt.eth, rt.signers, chain_id) for chain_id, rt in networks.items()
+        }
+        # Concurrent settlements are stored together: one commit for every row that arrives meanwhile.
+        self._inserts: Coalescer[tuple[NewSettlement, str], SettlementRow | None] = Coalescer(
+            self._insert_group, max_concurrent=2
+        )
+        # Receipts arrive together (one poll serves every waiter): their confirmations commit together.
+        self._confirmations: Coalescer[Confirmation, SettlementRow] = Coalescer(
+            self._confirm_group, max_concurrent=2
+        )
 
     def attempt_id(self) -> str:
         """Leases belong to one attempt, not to a process: two callers in one process must not share one."""
@@ -137,10 +150,15 @@ class SettlementService:
     async def _settle_new(
         self, payment: ExactPayment, key: SettlementKey, digest: str, chain_id: int
     ) -> SettleResponse:
-        row = await self.ledger.get_by_key(key)
-        if row is not None:
-            return await self._follow(row, digest)
-        verified = await self.verifier.verify(payment, simulate=self.simulate)
+        # Verify first and let the insert decide who is first: a repeat of a known authorization fails
+        # verification (used nonce) or loses the insert, and only then is the ledger read.
+        try:
+            verified = await self.verifier.verify(payment, simulate=self.simulate)
+        except (Rejected, RpcUnavailable):
+            known = await self.ledger.get_by_key(key)
+            if known is None:
+                raise
+            return await self._follow(known, digest)
         new = NewSettlement(
             key=key,
             pay_to=payment.requirements.pay_to,
@@ -155,8 +173,8 @@ class SettlementService:
             calldata=verified.calldata,
         )
         attempt = self.attempt_id()
-        row = await self.ledger.insert(new, lease_owner=attempt, lease_seconds=self.lease_seconds)
-        if row is None:  # another replica stored it between our read and our insert
+        row = await self._inserts.submit((new, attempt))
+        if row is None:  # another caller or replica stored it first
             other = await self.ledger.get_by_key(key)
             assert other is not None
             return await self._follow(other, digest)
@@ -251,48 +269,34 @@ class SettlementService:
         except FeeCapExceeded as exc:
             raise _SubmitFailed(reasons.UNEXPECTED_SETTLE_ERROR, str(exc)) from None
 
+        submitter = self.submitters[network.chain_id]
+        submission = Submission(row, verified.target, verified.calldata, gas_limit, fees)
+        sent = await submitter.submit(submission)
         tried: set[str] = set()
-        last_error = "no signer could broadcast"
-        while len(tried) < len(network.signers.signers):
-            signer = network.signers.pick(avoid=tried)
-            tried.add(signer.address)
-            network.signers.acquire(signer)
-            signed = await self.ledger.store_transaction(
-                row,
-                signer.address,
-                lambda nonce, s=signer: s.sign_call(
-                    chain_id=network.chain_id,
-                    nonce=nonce,
-                    to=verified.target,
-                    data=verified.calldata,
-                    gas=gas_limit,
-                    fees=fees,
-                ),
+        while True:
+            tried.add(sent.signer.address)
+            if sent.refused is None:
+                return sent.signed, sent.signer
+            signer, refused = sent.signer, sent.refused
+            log.warning(
+                "broadcast_refused", settlement_id=row.id, signer=signer.address, error=refused.message
             )
-            try:
-                await network.eth.send_raw_transaction(signed.raw_tx)
-                return signed, signer
-            except RpcUnavailable:
-                # Stored and maybe sent: the reconciler re-broadcasts the same bytes. Not a failure.
-                return signed, signer
-            except RpcError as exc:
-                if _already_known(exc):
-                    return signed, signer
-                last_error = exc.message
-                log.warning(
-                    "broadcast_refused", settlement_id=row.id, signer=signer.address, error=exc.message
+            if not await self._undo_refused(network, signer, sent.signed, refused):
+                # Later nonces of this key are out: leaving a hole would stall them, so the stored
+                # transaction stays and the reconciler keeps re-broadcasting it.
+                return sent.signed, sent.signer
+            network.signers.release(signer)
+            if len(tried) >= len(network.signers.signers):
+                raise _SubmitFailed(
+                    reasons.UNEXPECTED_SETTLE_ERROR,
+                    f"broadcast refused: {refused.message}",
+                    clear_tx=True,
                 )
-                if not await self._undo_refused(network, signer, signed, exc):
-                    # Later nonces of this key are out: leaving a hole would stall them, so the stored
-                    # transaction stays and the reconciler keeps re-broadcasting it.
-                    return signed, signer
-                network.signers.release(signer)
-                fresh = await self.ledger.get(row.id)
-                assert fresh is not None
-                row = fresh
-        raise _SubmitFailed(
-            reasons.UNEXPECTED_SETTLE_ERROR, f"broadcast refused: {last_error}", clear_tx=True
-        )
+            fresh = await self.ledger.get(row.id)
+            assert fresh is not None
+            row = fresh
+            submission = Submission(row, verified.target, verified.calldata, gas_limit, fees)
+            sent = await submitter.submit_as(submission, network.signers.pick(avoid=tried))
 
     async def _undo_refused(
         self, network: NetworkRuntime, signer: Signer, signed: SignedTransaction, exc: RpcError
@@ -338,7 +342,19 @@ class SettlementService:
                 error_message=mismatch,
                 **common,
             )
-        return await self.ledger.finish(row.id, Status.CONFIRMED, **common)
+        return await self._confirmations.submit(
+            Confirmation(row.id, tx_hash, block_number, receipt.get("blockHash"), gas_used)
+        )
+
+    async def _insert_group(
+        self, group: list[tuple[NewSettlement, str]]
+    ) -> list[SettlementRow | Exception | None]:
+        return list(await self.ledger.insert_many(group, lease_seconds=self.lease_seconds))
+
+    async def _confirm_group(self, group: list[Confirmation]) -> list[SettlementRow | Exception]:
+        unique = list({c.settlement_id: c for c in group}.values())
+        rows = {r.id: r for r in await self.ledger.confirm_many(unique)}
+        return [rows[c.settlement_id] for c in group]
 
     async def reconcile(self, row: SettlementRow, *, attempt: str, wait: float = 0.0) -> SettlementRow:
         """Drives one leased in-flight row as far as the chain allows right now (see reconciler.py)."""
@@ -353,8 +369,3 @@ class _SubmitFailed(Exception):
         self.reason = reason
         self.message = message
         self.clear_tx = clear_tx
-
-
-def _already_known(exc: RpcError) -> bool:
-    text = exc.message.lower()
-    return "already known" in text or "already imported" in text or "known transaction" in text

@@ -41,6 +41,10 @@ class _Endpoint:
         self.down_until = 0.0
 
 
+# Batches use at most `max_in_flight` connections; unbatched calls (broadcasts) may use the rest at once.
+_MAX_CONNECTIONS = 64
+
+
 class JsonRpcClient:
     def __init__(
         self,
@@ -81,9 +85,14 @@ class JsonRpcClient:
             await self._session.close()
             self._session = None
 
-    async def call(self, method: str, params: list[Any] | None = None) -> Any:
+    async def call(self, method: str, params: list[Any] | None = None, *, batch: bool = True) -> Any:
+        """`batch=False` sends the call on its own HTTP request at once, beside any batch in flight."""
         async with span("rpc", **{"rpc.method": method}):
-            return await self._enqueue(method, params or [])
+            if batch:
+                return await self._enqueue(method, params or [])
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            await self._send([_Pending(method, params or [], fut)], limited=False)
+            return await fut
 
     async def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
         """Results in call order; a failed call's slot holds its RpcError instead of raising.
@@ -121,9 +130,9 @@ class JsonRpcClient:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, chunk: list[_Pending]) -> None:
+    async def _send(self, chunk: list[_Pending], *, limited: bool = True) -> None:
         try:
-            async with self._in_flight:
+            async with self._in_flight if limited else contextlib.nullcontext():
                 if len(chunk) == 1:
                     p = chunk[0]
                     body = {"jsonrpc": "2.0", "id": next(self._ids), "method": p.method, "params": p.params}
@@ -155,7 +164,7 @@ class JsonRpcClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_in_flight * 2, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, keepalive_timeout=30),
                 timeout=aiohttp.ClientTimeout(total=self._timeout, connect=min(self._timeout, 2.0)),
                 headers={"content-type": "application/json"},
                 json_serialize=lambda v: orjson.dumps(v).decode(),

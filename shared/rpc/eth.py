@@ -50,8 +50,8 @@ class Eth:
             await self.rpc.call("eth_estimateGas", [{"from": sender, "to": to, "data": "0x" + data.hex()}])
         )
 
-    async def send_raw_transaction(self, raw: bytes) -> str:
-        return str(await self.rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()]))
+    async def send_raw_transaction(self, raw: bytes, *, batch: bool = True) -> str:
+        return str(await self.rpc.call("eth_sendRawTransaction", ["0x" + raw.hex()], batch=batch))
 
     async def get_transaction_receipt(self, tx_hash: str) -> dict[str, Any] | None:
         result = await self.rpc.call("eth_getTransactionReceipt", [tx_hash])

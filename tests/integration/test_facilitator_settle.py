@@ -95,6 +95,19 @@ async def test_two_hundred_payments_at_concurrency_32(dev_chain, facilitator, fr
         req = body["paymentRequirements"]
         assert dev_chain.balance_of(req["payTo"]) == int(req["amount"])
     assert await _tx_count(fresh_database) == 200
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        per_signer = await conn.fetch(
+            "SELECT signer, array_agg(signer_nonce ORDER BY signer_nonce) AS nonces,"
+            " count(DISTINCT created_at) AS commits FROM settlement_transactions GROUP BY signer"
+        )
+    finally:
+        await conn.close()
+    for row in per_signer:
+        nonces = list(row["nonces"])
+        assert nonces == list(range(nonces[0], nonces[0] + len(nonces))), "a nonce gap or repeat"
+    # Concurrent settlements share commits: far fewer transactions than settlements stored them.
+    assert sum(r["commits"] for r in per_signer) < 150
 
 
 async def test_pending_answer_then_the_same_hash_once_mined(dev_chain, start_facilitator):

@@ -29,8 +29,8 @@ async def test_settle_trace_contains_rpc_and_ledger_spans(dev_chain, facilitator
     assert {
         "rpc",
         "db.settlement.insert",
-        "db.settlement.store_transaction",
-        "db.settlement.finish",
+        "db.settlement.store_transactions",
+        "db.settlement.confirm_many",
     } <= children
     rpc_methods = {s["attributes"]["rpc.method"] for s in spans if s["name"] == "rpc"}
     assert {"batch", "eth_sendRawTransaction"} <= rpc_methods

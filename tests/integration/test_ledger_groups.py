@@ -1,0 +1,185 @@
+"""The ledger's group writes (facilitator/settlement/ledger.py) on a real PostgreSQL: one statement or
+transaction for many settlements, each settlement's outcome exactly what a write of its own would give."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from facilitator.settlement.ledger import (
+    Confirmation,
+    Ledger,
+    NewSettlement,
+    SettlementKey,
+    SettlementRow,
+    SignedTransaction,
+)
+from facilitator.settlement.states import IllegalTransition, Status
+from shared.storage.database import connect_pool, migrate
+
+CHAIN = 84532
+TOKEN = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+SIGNER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+@pytest.fixture
+async def ledger(fresh_database: str) -> AsyncIterator[Ledger]:
+    pool = await connect_pool(fresh_database, min_size=1, max_size=4)
+    await migrate(pool, importlib.resources.files("facilitator.migrations"), namespace="facilitator")
+    try:
+        yield Ledger(pool)
+    finally:
+        await pool.close()
+
+
+def new_settlement(payer: str, nonce: str | None = None) -> NewSettlement:
+    return NewSettlement(
+        key=SettlementKey(CHAIN, TOKEN, payer, nonce or "0x" + os.urandom(32).hex()),
+        pay_to="0x000000000000000000000000000000000000bEEF",
+        amount=1_000 + 2**70,  # beyond 64 bits: NUMERIC columns through the array path
+        valid_after=0,
+        valid_before=2**40,
+        network=f"eip155:{CHAIN}",
+        x402_version=2,
+        payload_hash=os.urandom(32).hex(),
+        payload={"signature": "0xab", "nested": {"list": [1, 2]}},
+        requirements={"amount": "1000", "extra": {"name": "USDC"}},
+        calldata=b"\xe3\xee\x16\x0e" + os.urandom(40),
+    )
+
+
+def fake_sign(pairs: list[tuple[SettlementRow, int]]) -> list[SignedTransaction]:
+    return [
+        SignedTransaction(f"0x{row.id:032x}{nonce:032x}", b"\x02" + os.urandom(90), nonce, 10**9 + 2**65)
+        for row, nonce in pairs
+    ]
+
+
+async def test_insert_many_stores_each_row_once_and_answers_in_order(ledger: Ledger) -> None:
+    existing = new_settlement("0x1111111111111111111111111111111111111111")
+    assert await ledger.insert(existing, lease_owner="a/1", lease_seconds=30) is not None
+    fresh = [new_settlement(f"0x{i:040x}") for i in range(1, 4)]
+    rows = await ledger.insert_many(
+        [(fresh[0], "b/1"), (existing, "b/2"), (fresh[1], "b/3"), (fresh[2], "b/4")], lease_seconds=30
+    )
+    assert rows[1] is None  # already in the ledger: the caller follows the first attempt
+    stored = [r for r in rows if r is not None]
+    assert [r.key for r in stored] == [f.key for f in fresh]
+    assert [r.lease_owner for r in stored] == ["b/1", "b/3", "b/4"]
+    assert all(r.status is Status.RECEIVED for r in stored)
+    first = stored[0]
+    assert first.amount == fresh[0].amount and first.payload == fresh[0].payload
+    assert first.requirements == fresh[0].requirements and first.calldata == fresh[0].calldata
+    assert [e["to_status"] for e in await ledger.events(first.id)] == ["received"]
+
+
+async def test_store_transactions_hands_out_a_run_of_nonces_and_skips_rows_that_cannot_move(
+    ledger: Ledger,
+) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 7)
+    rows = [
+        r
+        for r in await ledger.insert_many(
+            [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 5)], lease_seconds=30
+        )
+        if r is not None
+    ]
+    done = await ledger.finish(rows[1].id, Status.FAILED, error_reason="invalid_signature")
+    assert done.status is Status.FAILED
+
+    results = await ledger.store_transactions(rows, SIGNER, fake_sign)
+
+    assert isinstance(results[1], IllegalTransition)
+    signed = [r for r in results if isinstance(r, SignedTransaction)]
+    assert [s.nonce for s in signed] == [7, 8, 9]  # consecutive, none spent on the row that could not move
+    for row, tx in zip([rows[0], rows[2], rows[3]], signed, strict=True):
+        current = await ledger.get(row.id)
+        assert current is not None and current.status is Status.SUBMITTED and current.tx_hash == tx.tx_hash
+        assert current.attempts == 1
+        (stored,) = await ledger.transactions(row.id)
+        assert (stored.signer_nonce, stored.raw_tx, stored.max_fee_per_gas) == (
+            tx.nonce,
+            tx.raw_tx,
+            tx.max_fee_per_gas,
+        )
+        events = await ledger.events(row.id)
+        assert [e["to_status"] for e in events] == ["received", "submitted"]
+        assert events[1]["detail"]["signer_nonce"] == tx.nonce
+    # The next allocation continues after the run.
+    extra = await ledger.insert(new_settlement("0x" + "9" * 40), lease_owner="x", lease_seconds=30)
+    assert extra is not None
+    again = await ledger.store_transaction(extra, SIGNER, lambda n: fake_sign([(extra, n)])[0])
+    assert again.nonce == 10
+
+
+async def test_store_transactions_without_a_nonce_row_writes_nothing(ledger: Ledger) -> None:
+    (row,) = await ledger.insert_many([(new_settlement("0x" + "1" * 40), "o")], lease_seconds=30)
+    assert row is not None
+    with pytest.raises(RuntimeError, match="no nonce row"):
+        await ledger.store_transactions([row], SIGNER, fake_sign)
+    current = await ledger.get(row.id)
+    assert current is not None and current.status is Status.RECEIVED
+    assert await ledger.transactions(row.id) == []
+
+
+async def test_confirm_many_moves_submitted_rows_and_leaves_finished_ones(ledger: Ledger) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 0)
+    rows = [
+        r
+        for r in await ledger.insert_many(
+            [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 4)], lease_seconds=30
+        )
+        if r is not None
+    ]
+    signed = await ledger.store_transactions(rows, SIGNER, fake_sign)
+    txs = [s for s in signed if isinstance(s, SignedTransaction)]
+    # Another process already resolved the middle one.
+    await ledger.finish(rows[1].id, Status.FAILED, error_reason="transaction_failed", tx_hash=txs[1].tx_hash)
+
+    confirmed = await ledger.confirm_many(
+        [
+            Confirmation(r.id, t.tx_hash, 100 + i, f"0x{i:064x}", 86_000)
+            for i, (r, t) in enumerate(zip(rows, txs, strict=True))
+        ]
+    )
+
+    assert [r.id for r in confirmed] == [r.id for r in rows]
+    assert [r.status for r in confirmed] == [Status.CONFIRMED, Status.FAILED, Status.CONFIRMED]
+    assert confirmed[0].block_number == 100 and confirmed[2].gas_used == 86_000
+    assert confirmed[0].lease_owner is None and confirmed[0].finalized_at is not None
+    assert confirmed[1].error_reason == "transaction_failed"
+    assert [e["to_status"] for e in await ledger.events(rows[0].id)] == ["received", "submitted", "confirmed"]
+    assert [e["to_status"] for e in await ledger.events(rows[1].id)] == ["received", "submitted", "failed"]
+
+
+async def test_group_writes_are_one_transaction_each(ledger: Ledger, fresh_database: str) -> None:
+    """The point of grouping: commits per group, not per settlement."""
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 0)
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        query = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        before = await conn.fetchval(query)
+        rows = await ledger.insert_many(
+            [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 51)], lease_seconds=30
+        )
+        stored = [r for r in rows if r is not None]
+        signed = await ledger.store_transactions(stored, SIGNER, fake_sign)
+        await ledger.confirm_many(
+            [
+                Confirmation(r.id, s.tx_hash, 1, None, 1)
+                for r, s in zip(stored, signed, strict=True)
+                if not isinstance(s, Exception)
+            ]
+        )
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        after = await conn.fetchval(query)
+    finally:
+        await conn.close()
+    assert len(stored) == 50
+    # Three group writes plus this connection's own statements; 150 if each settlement committed alone.
+    assert after - before < 15
