@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
+
+from shared.x402.models import SettleResponse
 
 from .errors import PaymentDeclined, PaymentRejected, ProtocolError, ServerUnreachable
 from .keys import KeyUnavailable, load_private_key
@@ -32,6 +34,12 @@ EXIT_UNAVAILABLE = 3
 
 # Paying with no ceiling at all is never what someone trying a URL means.
 DEFAULT_MAX_USD = Decimal("0.10")
+
+# PAYMENT-RESPONSE errorReason of our resource server for paid work that outlives the request (generation
+# jobs): the payment was verified and is held, settled when the work completes, released if it fails.
+SETTLEMENT_DEFERRED = "settlement_deferred"
+
+SettlementState = Literal["settled", "deferred", "failed"]
 
 
 class UsageError(ValueError):
@@ -173,6 +181,28 @@ def plan(
     return PayPlan(method, args.url, headers, args.data, policy, key, key_source, args.timeout, endpoints)
 
 
+# -- reading the outcome -----------------------------------------------------------------------------------
+
+
+def settlement_state(settlement: SettleResponse) -> SettlementState:
+    """What the server's PAYMENT-RESPONSE means: a deferred settlement is success:false on the wire, but
+    not a failure."""
+    if settlement.success:
+        return "settled"
+    return "deferred" if settlement.error_reason == SETTLEMENT_DEFERRED else "failed"
+
+
+def status_url(response: httpx.Response) -> str | None:
+    """Where to follow work the server accepted (its Location header, made absolute), if it says."""
+    location: str | None = response.headers.get("location")
+    if not location:
+        return None
+    try:
+        return str(response.url.join(location))
+    except (httpx.InvalidURL, RuntimeError):  # RuntimeError: a response built without a request
+        return location
+
+
 # -- doing -----------------------------------------------------------------------------------------------
 
 
@@ -227,7 +257,7 @@ async def pay(p: PayPlan) -> PayOutcome:
         outcome.warnings.append(paid.settlement_problem)
     elif paid.paid and paid.settlement is None:
         outcome.warnings.append("the server sent no PAYMENT-RESPONSE: settlement unknown")
-    elif paid.settlement is not None and not paid.settlement.success:
+    elif paid.settlement is not None and settlement_state(paid.settlement) == "failed":
         outcome.warnings.append(f"the server reports a failed settlement: {paid.settlement.error_reason}")
     return outcome
 
@@ -239,6 +269,16 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
         outcome.warnings.append("no payment was required: there is no receipt to verify")
         return
     settlement, payment = paid.settlement, paid.payment
+    if settlement is not None and settlement_state(settlement) == "deferred":
+        # Not a failure, but nothing is on chain to check yet: say when there will be.
+        url = status_url(paid.response)
+        later = f"once {url} shows payment.tx_hash" if url else "once it is settled"
+        outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_yet_available"
+        outcome.error = (
+            "receipt not verified: the settlement is deferred until the job completes, so there is no "
+            f"transaction yet; {later}, check it with `x402 receipt <txHash>`"
+        )
+        return
     if settlement is None or not settlement.success or not settlement.transaction or payment is None:
         outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_verified"
         outcome.error = "receipt not verified: the server reported no successful settlement transaction"

@@ -1,5 +1,9 @@
 """How `x402 pay` shows what happened. Text mode keeps stdout for the response body alone (pipeable, like
-curl) and puts status, payment and settlement on stderr; --json puts one document on stdout."""
+curl) and puts status, payment and settlement on stderr; --json puts one document on stdout.
+
+The settlement is the server's PAYMENT-RESPONSE as sent, plus our reading of it: `state` is "settled",
+"failed" or "deferred" (verified and held, settled when the job completes: success:false on the wire, yet
+not a failure), and a deferred one carries `statusUrl`, where to follow the job (the Location header)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ import orjson
 
 from shared.networks import UnknownNetwork, chain_id_of
 from shared.tokens import BUILTIN_TOKENS
+from shared.x402.models import SettleResponse
 
 from .challenge import PaymentOption
-from .pay_command import PayOutcome, PayPlan
+from .pay_command import PayOutcome, PayPlan, settlement_state, status_url
 from .payment import SignedPayment
 
 
@@ -58,16 +63,28 @@ def _payment_json(payment: SignedPayment, attempts: int) -> dict[str, Any]:
     }
 
 
+def _settlement_json(settlement: SettleResponse, response: httpx.Response) -> dict[str, Any]:
+    state = settlement_state(settlement)
+    document: dict[str, Any] = {**settlement.to_wire(), "state": state}
+    if state == "deferred":
+        document["statusUrl"] = status_url(response)
+    return document
+
+
 def report_json(outcome: PayOutcome) -> str:
     paid, response = outcome.paid, outcome.response
-    settlement = paid.settlement if paid is not None else None
+    settlement = (
+        _settlement_json(paid.settlement, paid.response)
+        if paid is not None and paid.settlement is not None
+        else None
+    )
     document = {
         "ok": outcome.exit_code == 0,
         "exitCode": outcome.exit_code,
         "status": response.status_code if response is not None else None,
         "body": _body(response) if response is not None else None,
         "payment": _payment_json(outcome.payment, outcome.attempts) if outcome.payment else None,
-        "settlement": settlement.to_wire() if settlement is not None else None,
+        "settlement": settlement,
         "receipt": (
             {
                 "ok": all(c.ok for c in outcome.receipt_checks),
@@ -101,13 +118,8 @@ def report_lines(plan: PayPlan | None, outcome: PayOutcome) -> list[str]:
             f"via x402 v{option.x402_version} {payment.header_name}{tries}"
         )
         lines.append(f"payer: {payment.payer}{source}")
-    settlement = outcome.paid.settlement if outcome.paid is not None else None
-    if settlement is not None:
-        state = "success" if settlement.success else f"FAILED ({settlement.error_reason})"
-        lines.append(
-            f"settlement: {state}, tx {settlement.transaction or '-'}, network {settlement.network}, "
-            f"payer {settlement.payer or '-'}"
-        )
+    if outcome.paid is not None and outcome.paid.settlement is not None:
+        lines += _settlement_lines(outcome.paid.settlement, outcome.paid.response)
     if outcome.receipt_checks:
         width = max(len(c.name) for c in outcome.receipt_checks)
         lines.append("receipt:")
@@ -118,6 +130,24 @@ def report_lines(plan: PayPlan | None, outcome: PayOutcome) -> list[str]:
         if all(c.ok for c in outcome.receipt_checks):
             lines.append("Receipt verified.")
     return lines
+
+
+def _settlement_lines(settlement: SettleResponse, response: httpx.Response) -> list[str]:
+    state = settlement_state(settlement)
+    if state == "deferred":
+        lines = [
+            "settlement: deferred (settled when the job completes, released if it does not); "
+            f"payment verified, payer {settlement.payer or '-'}, network {settlement.network}"
+        ]
+        url = status_url(response)
+        if url:
+            lines.append(f"job: {url}")
+        return lines
+    verdict = "success" if state == "settled" else f"FAILED ({settlement.error_reason})"
+    return [
+        f"settlement: {verdict}, tx {settlement.transaction or '-'}, network {settlement.network}, "
+        f"payer {settlement.payer or '-'}"
+    ]
 
 
 def print_outcome(plan: PayPlan | None, outcome: PayOutcome, *, as_json: bool) -> None:

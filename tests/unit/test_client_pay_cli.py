@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+import httpx
 import pytest
 
+from client import pay_command
 from client.cli import main
 from client.keys import KeyUnavailable, load_private_key
+from client.payer import X402Client
+from client.payment import address_of
+from client.selection import SpendingPolicy
 
 KEY = "0x" + "42" * 32
 OTHER = "0x" + "43" * 32
@@ -109,3 +115,168 @@ def test_unreachable_server_exits_3(capsys, monkeypatch):
     document = json.loads(out)
     assert document["ok"] is False and document["payment"] is None
     assert document["error"]["code"] == "unreachable"
+
+
+# -- what the server's PAYMENT-RESPONSE means (scripted server, no network) -------------------------------
+
+USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+PAY_TO = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+GENERATE = "http://rs.test/generate"
+JOB_ID = "6f1c2a4e-8d3b-4a57-9e10-2b7c5d9f0a11"
+JOB_URL = f"http://rs.test/jobs/{JOB_ID}"
+TX = "0x" + "cd" * 32
+PAYER = address_of(KEY)
+CHALLENGE = {
+    "x402Version": 2,
+    "error": "payment_required",
+    "resource": {"url": GENERATE},
+    "accepts": [
+        {
+            "scheme": "exact",
+            "network": "eip155:84532",
+            "amount": "10000",
+            "asset": USDC,
+            "payTo": PAY_TO,
+            "maxTimeoutSeconds": 990,
+            "extra": {"name": "USDC", "version": "2", "challengeId": "ch-1"},
+        }
+    ],
+}
+# What resource_server/middleware.py `_deferred_headers` sends for an accepted generation job.
+DEFERRED = {
+    "success": False,
+    "errorReason": "settlement_deferred",
+    "errorMessage": "the payment is verified and held; it is settled when the work completes",
+    "transaction": "",
+    "network": "eip155:84532",
+    "payer": PAYER,
+    "extensions": {"deferred": {"challengeId": "ch-1"}},
+}
+
+
+def b64(document: Any) -> str:
+    return base64.b64encode(json.dumps(document).encode()).decode()
+
+
+def serve_paid(
+    monkeypatch: pytest.MonkeyPatch, settlement: dict[str, Any], status: int = 202, **headers: str
+) -> list[httpx.Request]:
+    """`x402 pay` talks to a scripted server: a 402 challenge, then `status` with `settlement`."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if "payment-signature" not in request.headers:
+            return httpx.Response(402, headers={"PAYMENT-REQUIRED": b64(CHALLENGE)}, json={})
+        body = {"id": JOB_ID, "status": "queued", "job_token": "tok"}
+        return httpx.Response(status, json=body, headers={"PAYMENT-RESPONSE": b64(settlement), **headers})
+
+    def scripted(key: str, policy: SpendingPolicy, *, timeout: float) -> X402Client:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+        return X402Client(key, policy, http=http, timeout=timeout)
+
+    monkeypatch.setattr(pay_command, "X402Client", scripted)
+    return seen
+
+
+def pay_generate(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *argv: str
+) -> tuple[int, str, str]:
+    return x402(
+        capsys,
+        monkeypatch,
+        "pay",
+        GENERATE,
+        "--data",
+        '{"tool": "music", "inputs": {"prompt": "calm piano"}}',
+        *argv,
+        env={"X402_PRIVATE_KEY": KEY},
+    )
+
+
+def test_deferred_settlement_is_reported_as_deferred_not_failed(capsys, monkeypatch):
+    seen = serve_paid(monkeypatch, DEFERRED, location=f"/jobs/{JOB_ID}")
+    code, out, err = pay_generate(capsys, monkeypatch)
+
+    assert code == 0, err
+    assert len(seen) == 2 and seen[1].method == "POST"
+    assert json.loads(out)["id"] == JOB_ID  # the body alone on stdout, as ever
+    assert (
+        "settlement: deferred (settled when the job completes, released if it does not); "
+        f"payment verified, payer {PAYER}, network eip155:84532"
+    ) in err
+    assert f"job: {JOB_URL}\n" in err  # the relative Location, made absolute
+    assert "FAILED" not in err and "warning" not in err
+
+
+def test_deferred_settlement_in_json_is_a_state_of_its_own(capsys, monkeypatch):
+    serve_paid(monkeypatch, DEFERRED, location=JOB_URL)
+    code, out, err = pay_generate(capsys, monkeypatch, "--json")
+
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["ok"] is True and document["exitCode"] == 0 and document["error"] is None
+    assert document["status"] == 202 and document["warnings"] == []
+    settlement = document["settlement"]
+    assert settlement["state"] == "deferred" and settlement["statusUrl"] == JOB_URL
+    assert settlement["errorReason"] == "settlement_deferred"  # the server's words are kept as sent
+    assert settlement["payer"] == PAYER and settlement["transaction"] == ""
+
+
+def test_deferred_settlement_without_a_location_has_no_job_line(capsys, monkeypatch):
+    serve_paid(monkeypatch, DEFERRED)
+    code, out, err = pay_generate(capsys, monkeypatch, "--json")
+    assert code == 0 and json.loads(out)["settlement"]["statusUrl"] is None
+    code, _, err = pay_generate(capsys, monkeypatch)
+    assert code == 0 and "settlement: deferred" in err and "job:" not in err
+
+
+def test_verify_receipt_of_a_deferred_settlement_says_there_is_no_transaction_yet(capsys, monkeypatch):
+    serve_paid(monkeypatch, DEFERRED, location=JOB_URL)
+
+    def no_receipt(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("there is no transaction whose receipt could be fetched")
+
+    monkeypatch.setattr(pay_command, "verify_receipt", no_receipt)
+    endpoints = ("--verify-receipt", "--facilitator", "http://127.0.0.1:9", "--rpc-url", "http://127.0.0.1:9")
+    code, out, err = pay_generate(capsys, monkeypatch, *endpoints, "--json")
+
+    assert code == 1, err
+    document = json.loads(out)
+    assert document["settlement"]["state"] == "deferred" and document["receipt"] is None
+    assert document["error"]["code"] == "receipt_not_yet_available"
+    message = document["error"]["message"]
+    assert "deferred until the job completes" in message and "no transaction yet" in message
+    assert f"once {JOB_URL} shows payment.tx_hash" in message and "x402 receipt" in message
+    assert message in err
+
+
+@pytest.mark.parametrize(
+    ("settlement", "state", "line"),
+    [
+        (
+            {"success": True, "transaction": TX, "network": "eip155:84532", "payer": PAYER},
+            "settled",
+            f"settlement: success, tx {TX}",
+        ),
+        (
+            {
+                "success": False,
+                "errorReason": "invalid_exact_evm_transaction_failed",
+                "transaction": TX,
+                "network": "eip155:84532",
+            },
+            "failed",
+            "settlement: FAILED (invalid_exact_evm_transaction_failed)",
+        ),
+    ],
+)
+def test_settled_and_failed_settlements_keep_their_reports(capsys, monkeypatch, settlement, state, line):
+    serve_paid(monkeypatch, settlement, status=200)
+    code, out, err = pay_generate(capsys, monkeypatch, "--json")
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["settlement"]["state"] == state and "statusUrl" not in document["settlement"]
+    assert (state == "failed") == any("failed settlement" in w for w in document["warnings"])
+    _, _, err = pay_generate(capsys, monkeypatch)
+    assert line in err
