@@ -177,7 +177,8 @@ def add_pay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "never a new one. The body goes to stdout, status, payment and settlement to stderr.",
         epilog=f"The key is read from ${DEFAULT_KEY_ENV} (or --key-env VAR), else from the stack file's "
         "payer_private_key; it is never taken from the command line. A deferred settlement (a generation "
-        "job: the payment is verified now and settled when the job completes) counts as paid. Exit codes: "
+        "job: the payment is verified now and settled when the job completes) counts as paid, and so does a "
+        "pending one (the transaction is broadcast, not yet confirmed). Exit codes: "
         "0 paid (or free) and served, 1 refused (over a limit, no acceptable option, payment refused, "
         "receipt not verified), 2 usage error, 3 network or server error.",
     )
@@ -241,7 +242,8 @@ def add_pay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--verify-receipt",
         action="store_true",
         help="check the facilitator's signed receipt of the settlement and the chain, as `x402 receipt` does "
-        "(a deferred settlement has no transaction yet: exit 1, check later with `x402 receipt`)",
+        "(a deferred settlement has no transaction yet, a pending one may not be confirmed yet: exit 1, "
+        "check later with `x402 receipt`)",
     )
     parser.add_argument("--facilitator", metavar="URL", help="facilitator base URL, for --verify-receipt")
     parser.add_argument("--rpc-url", metavar="URL", help="JSON-RPC endpoint, for --verify-receipt")

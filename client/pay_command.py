@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from shared.x402 import reasons
 from shared.x402.models import SettleResponse
 
 from .errors import PaymentDeclined, PaymentRejected, ProtocolError, ServerUnreachable
@@ -24,7 +25,7 @@ from .keys import KeyUnavailable, load_private_key
 from .payer import PaidResponse, X402Client
 from .payment import SignedPayment
 from .receipt_match import payment_check
-from .receipts import Check, ReceiptUnavailable, verify_receipt
+from .receipts import NOT_MINED, UNKNOWN_TRANSACTION, Check, ReceiptUnavailable, verify_receipt
 from .selection import SpendingPolicy
 
 EXIT_OK = 0
@@ -39,7 +40,9 @@ DEFAULT_MAX_USD = Decimal("0.10")
 # jobs): the payment was verified and is held, settled when the work completes, released if it fails.
 SETTLEMENT_DEFERRED = "settlement_deferred"
 
-SettlementState = Literal["settled", "deferred", "failed"]
+SettlementState = Literal["settled", "pending", "deferred", "failed"]
+
+_NOT_MINED = frozenset({NOT_MINED, UNKNOWN_TRANSACTION})
 
 
 class UsageError(ValueError):
@@ -185,11 +188,16 @@ def plan(
 
 
 def settlement_state(settlement: SettleResponse) -> SettlementState:
-    """What the server's PAYMENT-RESPONSE means: a deferred settlement is success:false on the wire, but
-    not a failure."""
+    """What the server's PAYMENT-RESPONSE means. Two success:false answers are not failures: a deferred
+    settlement (verified and held, settled when the job completes) and a pending one (the facilitator's
+    transaction is broadcast but was not confirmed within its wait; the server served the request)."""
     if settlement.success:
         return "settled"
-    return "deferred" if settlement.error_reason == SETTLEMENT_DEFERRED else "failed"
+    if settlement.error_reason == SETTLEMENT_DEFERRED:
+        return "deferred"
+    if settlement.error_reason == reasons.SETTLEMENT_PENDING:
+        return "pending"
+    return "failed"
 
 
 def status_url(response: httpx.Response) -> str | None:
@@ -269,7 +277,8 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
         outcome.warnings.append("no payment was required: there is no receipt to verify")
         return
     settlement, payment = paid.settlement, paid.payment
-    if settlement is not None and settlement_state(settlement) == "deferred":
+    state = settlement_state(settlement) if settlement is not None else None
+    if state == "deferred":
         # Not a failure, but nothing is on chain to check yet: say when there will be.
         url = status_url(paid.response)
         later = f"once {url} shows payment.tx_hash" if url else "once it is settled"
@@ -279,7 +288,19 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
             f"transaction yet; {later}, check it with `x402 receipt <txHash>`"
         )
         return
-    if settlement is None or not settlement.success or not settlement.transaction or payment is None:
+    if state == "pending" and settlement is not None and not settlement.transaction:
+        outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_yet_available"
+        outcome.error = (
+            "receipt not verified: the settlement is pending and the server reported no transaction hash, "
+            "so there is no receipt to check"
+        )
+        return
+    if (
+        settlement is None
+        or state not in ("settled", "pending")
+        or not settlement.transaction
+        or payment is None
+    ):
         outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_verified"
         outcome.error = "receipt not verified: the server reported no successful settlement transaction"
         return
@@ -291,9 +312,32 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
         return
     outcome.receipt_checks = [*report.checks, payment_check(report.receipt, payment)]
     failed = [c for c in outcome.receipt_checks if not c.ok]
-    if failed:
+    if failed and state == "pending" and not_confirmed_yet(report.receipt, failed):
+        outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_confirmed"
+        outcome.error = (
+            "receipt not verified: the transaction is not confirmed yet; "
+            f"check later with `x402 receipt {settlement.transaction}`"
+        )
+    elif failed:
         outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_verified"
         outcome.error = "receipt NOT verified: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+
+
+def not_confirmed_yet(receipt: Mapping[str, Any], failed: list[Check]) -> bool:
+    """Whether the facilitator calls the transaction pending and every failed check is one a transaction
+    on its way into a block fails. Anything else (a bad signature, another payment, a revert, a block the
+    chain disagrees with) is a failure, pending or not."""
+
+    def explained(check: Check) -> bool:
+        if check.name == "facilitator status":
+            return True  # pending, as required below
+        if check.name == "transaction":
+            return check.detail in _NOT_MINED
+        if check.name == "block":
+            return receipt.get("blockNumber") is None  # mined, not yet recorded by the facilitator
+        return False
+
+    return receipt.get("status") == "pending" and bool(failed) and all(explained(c) for c in failed)
 
 
 def run(

@@ -2,8 +2,10 @@
 curl) and puts status, payment and settlement on stderr; --json puts one document on stdout.
 
 The settlement is the server's PAYMENT-RESPONSE as sent, plus our reading of it: `state` is "settled",
-"failed" or "deferred" (verified and held, settled when the job completes: success:false on the wire, yet
-not a failure), and a deferred one carries `statusUrl`, where to follow the job (the Location header)."""
+"failed", "pending" (errorReason settlement_pending: the facilitator's transaction is broadcast but not yet
+confirmed, and the server served the request anyway) or "deferred" (verified and held, settled when the job
+completes). Pending and deferred are success:false on the wire, yet not failures. A deferred one carries
+`statusUrl`, where to follow the job (the Location header)."""
 
 from __future__ import annotations
 
@@ -128,7 +130,13 @@ def report_lines(plan: PayPlan | None, outcome: PayOutcome) -> list[str]:
             for c in outcome.receipt_checks
         ]
         if all(c.ok for c in outcome.receipt_checks):
-            lines.append("Receipt verified.")
+            settlement = outcome.paid.settlement if outcome.paid is not None else None
+            pending = settlement is not None and settlement_state(settlement) == "pending"
+            lines.append(
+                "Receipt verified (the transaction is confirmed since the server answered)."
+                if pending
+                else "Receipt verified."
+            )
     return lines
 
 
@@ -143,6 +151,14 @@ def _settlement_lines(settlement: SettleResponse, response: httpx.Response) -> l
         if url:
             lines.append(f"job: {url}")
         return lines
+    if state == "pending":
+        where = f"network {settlement.network}, payer {settlement.payer or '-'}"
+        if not settlement.transaction:  # the facilitator's answer was lost, or nothing is broadcast yet
+            return [f"settlement: pending (not yet confirmed; the server reported no transaction), {where}"]
+        return [
+            f"settlement: pending (broadcast, not yet confirmed), tx {settlement.transaction}, {where}; "
+            f"check it later with `x402 receipt {settlement.transaction}`"
+        ]
     verdict = "success" if state == "settled" else f"FAILED ({settlement.error_reason})"
     return [
         f"settlement: {verdict}, tx {settlement.transaction or '-'}, network {settlement.network}, "

@@ -23,6 +23,10 @@ _AUTHORIZATION_USED = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").h
 _DECIMALS = "0x313ce567"  # decimals()
 _SYMBOL = "0x95d89b41"  # symbol()
 
+# What the on-chain check says of a transaction in no block (yet); `x402 pay` tells it apart from a failure.
+NOT_MINED = "not mined yet"
+UNKNOWN_TRANSACTION = "the chain does not know this transaction"
+
 
 class ReceiptUnavailable(Exception):
     """What the check needs could not be fetched (facilitator or RPC unreachable, unknown hash)."""
@@ -215,10 +219,10 @@ def check_on_chain(rpc: JsonRpc, receipt: dict[str, Any], tx_hash: str) -> tuple
     tx = rpc.call("eth_getTransactionByHash", [tx_hash])
     mined = rpc.call("eth_getTransactionReceipt", [tx_hash])
     if not isinstance(tx, dict):
-        checks.append(Check("transaction", False, "the chain does not know this transaction"))
+        checks.append(Check("transaction", False, UNKNOWN_TRANSACTION))
         return checks, None
     if not isinstance(mined, dict):
-        checks.append(Check("transaction", False, "not mined yet"))
+        checks.append(Check("transaction", False, NOT_MINED))
         return checks, None
     if _int(mined.get("status")) != 1:
         checks.append(Check("transaction", False, f"reverted on chain (status {mined.get('status')})"))

@@ -8,13 +8,16 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_utils.crypto import keccak
 
-from client import pay_command
+from client import pay_command, receipts
 from client.cli import main
 from client.keys import KeyUnavailable, load_private_key
 from client.payer import X402Client
 from client.payment import address_of
 from client.selection import SpendingPolicy
+from shared.receipt_signing import sign_receipt
+from shared.x402 import reasons
 
 KEY = "0x" + "42" * 32
 OTHER = "0x" + "43" * 32
@@ -280,3 +283,234 @@ def test_settled_and_failed_settlements_keep_their_reports(capsys, monkeypatch, 
     assert (state == "failed") == any("failed settlement" in w for w in document["warnings"])
     _, _, err = pay_generate(capsys, monkeypatch)
     assert line in err
+
+
+# -- a settlement the facilitator broadcast but had not confirmed within its wait --------------------------
+
+# What facilitator/settlement/service.py `response_for` answers for a submitted, unconfirmed transaction;
+# the resource server serves the request and passes it on as its PAYMENT-RESPONSE.
+PENDING = {
+    "success": False,
+    "errorReason": reasons.SETTLEMENT_PENDING,
+    "errorMessage": "the transaction is broadcast and not yet confirmed; settle again or poll /receipt",
+    "transaction": TX,
+    "network": "eip155:84532",
+    "payer": PAYER,
+}
+PENDING_LINE = (
+    f"settlement: pending (broadcast, not yet confirmed), tx {TX}, network eip155:84532, payer {PAYER}; "
+    f"check it later with `x402 receipt {TX}`"
+)
+NOT_CONFIRMED = (
+    f"receipt not verified: the transaction is not confirmed yet; check later with `x402 receipt {TX}`"
+)
+
+
+def test_pending_settlement_is_reported_as_pending_not_failed(capsys, monkeypatch):
+    serve_paid(monkeypatch, PENDING, status=200)
+    code, out, err = pay_generate(capsys, monkeypatch)
+
+    assert code == 0, err
+    assert json.loads(out)["id"] == JOB_ID  # the body alone on stdout, as ever
+    assert PENDING_LINE + "\n" in err
+    assert "FAILED" not in err and "warning" not in err
+
+
+def test_pending_settlement_in_json_is_a_state_of_its_own(capsys, monkeypatch):
+    serve_paid(monkeypatch, PENDING, status=200)
+    code, out, err = pay_generate(capsys, monkeypatch, "--json")
+
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["ok"] is True and document["exitCode"] == 0 and document["error"] is None
+    assert document["warnings"] == []
+    settlement = document["settlement"]
+    assert settlement["state"] == "pending" and "statusUrl" not in settlement
+    assert settlement["errorReason"] == "settlement_pending"  # the server's words are kept as sent
+    assert settlement["transaction"] == TX and settlement["payer"] == PAYER
+
+
+def test_pending_settlement_without_a_transaction_does_not_invent_one(capsys, monkeypatch):
+    # resource_server/paywall.py answers so when the facilitator's answer to /settle was lost.
+    serve_paid(monkeypatch, {**PENDING, "transaction": ""}, status=200)
+    code, out, err = pay_generate(capsys, monkeypatch, "--json")
+    assert code == 0, err
+    assert json.loads(out)["settlement"]["state"] == "pending" and json.loads(out)["warnings"] == []
+    code, _, err = pay_generate(capsys, monkeypatch)
+    assert code == 0, err
+    assert (
+        "settlement: pending (not yet confirmed; the server reported no transaction), "
+        f"network eip155:84532, payer {PAYER}\n"
+    ) in err
+    assert "x402 receipt" not in err and "FAILED" not in err and "warning" not in err
+
+
+def test_verify_receipt_of_a_pending_settlement_without_a_transaction(capsys, monkeypatch):
+    serve_paid(monkeypatch, {**PENDING, "transaction": ""}, status=200)
+
+    def no_receipt(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("there is no transaction whose receipt could be fetched")
+
+    monkeypatch.setattr(pay_command, "verify_receipt", no_receipt)
+    code, out, err = pay_generate(capsys, monkeypatch, *VERIFY, "--json")
+
+    assert code == 1, err
+    document = json.loads(out)
+    assert document["settlement"]["state"] == "pending" and document["receipt"] is None
+    assert document["error"]["code"] == "receipt_not_yet_available"
+    assert "pending and the server reported no transaction hash" in document["error"]["message"]
+
+
+# The facilitator's /receipt and the chain's JSON-RPC, scripted for `--verify-receipt` (client/receipts.py
+# runs its real checks against them).
+FACILITATOR = "http://facilitator.test"
+RPC = "http://rpc.test"
+VERIFY = ("--verify-receipt", "--facilitator", FACILITATOR, "--rpc-url", RPC)
+RECEIPT_KEY = "0x" + "44" * 32
+BLOCK, BLOCK_HASH = 0x10, "0x" + "ab" * 32
+_TRANSFER = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+_AUTHORIZATION_USED = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
+
+
+def _topic(address: str) -> str:
+    return "0x" + "00" * 12 + address[2:].lower()
+
+
+def serve_receipts(
+    monkeypatch: pytest.MonkeyPatch,
+    paid: list[httpx.Request],
+    *,
+    status: str,
+    chain: str,
+    nonce: str | None = None,
+) -> None:
+    """`status`: the facilitator's receipt status; `chain`: "unknown", "unmined", "mined" or "reverted".
+    The receipt names the nonce the client signed (read from the paid request), unless `nonce` is given."""
+
+    def signed_nonce() -> str:
+        wire = json.loads(base64.b64decode(paid[-1].headers["payment-signature"]))
+        return str(wire["payload"]["authorization"]["nonce"])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"/receipt/{TX}":
+            receipt: dict[str, Any] = {
+                "txHash": TX,
+                "status": status,
+                "source": "ledger",
+                "network": "eip155:84532",
+                "chainId": 84532,
+                "token": USDC,
+                "payer": PAYER,
+                "payTo": PAY_TO,
+                "amount": "10000",
+                "nonce": nonce or signed_nonce(),
+                "x402Version": 2,
+                "confirmations": 0,
+            }
+            if status == "confirmed":  # the ledger records the block once it is confirmed
+                receipt.update(blockNumber=BLOCK, blockHash=BLOCK_HASH, confirmations=3)
+            return httpx.Response(200, json=sign_receipt(receipt, RECEIPT_KEY))
+        if request.url.path == "/receipt-key":
+            return httpx.Response(200, json={"address": address_of(RECEIPT_KEY)})
+        assert str(request.url) == RPC, request.url
+        call = json.loads(request.content)
+        return httpx.Response(200, json={"jsonrpc": "2.0", "id": call["id"], **rpc(call["method"])})
+
+    def rpc(method: str) -> dict[str, Any]:
+        mined = chain in ("mined", "reverted")
+        logs = [
+            {"address": USDC, "topics": [_AUTHORIZATION_USED, _topic(PAYER), signed_nonce()], "data": "0x"},
+            {"address": USDC, "topics": [_TRANSFER, _topic(PAYER), _topic(PAY_TO)], "data": hex(10000)},
+        ]
+        results: dict[str, Any] = {
+            "eth_chainId": hex(84532),
+            "eth_getTransactionByHash": None
+            if chain == "unknown"
+            else {"hash": TX, "blockHash": BLOCK_HASH if mined else None},
+            "eth_getTransactionReceipt": {
+                "status": "0x1" if chain == "mined" else "0x0",
+                "blockNumber": hex(BLOCK),
+                "blockHash": BLOCK_HASH,
+                "logs": logs if chain == "mined" else [],
+            }
+            if mined
+            else None,
+            "eth_blockNumber": hex(BLOCK + 2),
+        }
+        if method not in results:  # eth_call for the token's symbol: shown in base units instead
+            return {"error": {"code": -32601, "message": "not scripted"}}
+        return {"result": results[method]}
+
+    real_client = httpx.Client
+
+    def scripted(*args: Any, **kwargs: Any) -> httpx.Client:
+        return real_client(*args, transport=httpx.MockTransport(answer), **kwargs)
+
+    monkeypatch.setattr(receipts.httpx, "Client", scripted)
+
+
+@pytest.mark.parametrize(
+    ("chain", "failing"),
+    [
+        ("unknown", ["facilitator status", "transaction"]),
+        ("unmined", ["facilitator status", "transaction"]),
+        ("mined", ["facilitator status", "block"]),  # mined, and the facilitator has not caught up yet
+    ],
+)
+def test_verify_receipt_of_a_pending_settlement_that_is_not_confirmed_yet(
+    capsys, monkeypatch, chain, failing
+):
+    paid = serve_paid(monkeypatch, PENDING, status=200)
+    serve_receipts(monkeypatch, paid, status="pending", chain=chain)
+    code, out, err = pay_generate(capsys, monkeypatch, *VERIFY, "--json")
+
+    assert code == 1, err
+    document = json.loads(out)
+    assert document["settlement"]["state"] == "pending" and document["warnings"] == []
+    assert document["error"]["code"] == "receipt_not_confirmed"
+    assert document["error"]["message"] == NOT_CONFIRMED
+    checks = {c["name"]: c["ok"] for c in document["receipt"]["checks"]}
+    assert [name for name, ok in checks.items() if not ok] == failing
+    assert checks["signature"] and checks["our payment"]  # it is the receipt of our payment, just unconfirmed
+
+    code, _, err = pay_generate(capsys, monkeypatch, *VERIFY)
+    assert code == 1, err
+    assert PENDING_LINE in err and f"x402: pay: {NOT_CONFIRMED}\n" in err
+    assert "NOT verified" not in err and "Receipt verified" not in err
+
+
+def test_verify_receipt_of_a_pending_settlement_confirmed_since(capsys, monkeypatch):
+    paid = serve_paid(monkeypatch, PENDING, status=200)
+    serve_receipts(monkeypatch, paid, status="confirmed", chain="mined")
+    code, out, err = pay_generate(capsys, monkeypatch, *VERIFY, "--json")
+
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["settlement"]["state"] == "pending" and document["error"] is None
+    assert document["receipt"]["ok"] is True
+
+    code, _, err = pay_generate(capsys, monkeypatch, *VERIFY)
+    assert code == 0, err
+    assert PENDING_LINE in err
+    assert "Receipt verified (the transaction is confirmed since the server answered).\n" in err
+
+
+@pytest.mark.parametrize(
+    ("chain", "nonce", "problem"),
+    [
+        ("reverted", None, "transaction: reverted on chain (status 0x0)"),
+        ("unmined", "0x" + "00" * 32, "our payment: nonce is '0x" + "00" * 32),  # not the receipt of ours
+    ],
+)
+def test_verify_receipt_of_a_pending_settlement_still_fails_what_is_wrong(
+    capsys, monkeypatch, chain, nonce, problem
+):
+    paid = serve_paid(monkeypatch, PENDING, status=200)
+    serve_receipts(monkeypatch, paid, status="pending", chain=chain, nonce=nonce)
+    code, out, err = pay_generate(capsys, monkeypatch, *VERIFY, "--json")
+
+    assert code == 1, err
+    error = json.loads(out)["error"]
+    assert error["code"] == "receipt_not_verified"
+    assert error["message"].startswith("receipt NOT verified: ") and problem in error["message"]
+    assert "not confirmed yet" not in error["message"]
