@@ -53,7 +53,7 @@ class Submitter:
         self.chain_id = chain_id
         # Groups of different signers may commit together; groups of one signer queue on its nonce row.
         self._groups: Coalescer[Submission, tuple[SignedTransaction, Signer]] = Coalescer(
-            self._flush, max_batch=max_group, max_concurrent=1
+            self._flush, max_batch=max_group, max_concurrent=min(len(signers.signers), 2)
         )
 
     async def submit(self, submission: Submission) -> Broadcast:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from eth_utils.crypto import keccak
 
-from client import pay_command, receipts
+from client import pay_command
 from client.cli import main
 from client.keys import KeyUnavailable, load_private_key
 from client.payer import X402Client
@@ -446,7 +446,7 @@ def serve_receipts(
     def scripted(*args: Any, **kwargs: Any) -> httpx.Client:
         return real_client(*args, transport=httpx.MockTransport(answer), **kwargs)
 
-    monkeypatch.setattr(receipts.httpx, "Client", scripted)
+    monkeypatch.setattr(httpx, "Client", scripted)
 
 
 @pytest.mark.parametrize(

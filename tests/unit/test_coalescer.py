@@ -63,7 +63,7 @@ async def test_a_failed_flush_fails_every_caller_of_its_group_and_not_the_next()
         calls.append(items)
         if len(calls) == 1:
             raise ConnectionError("database went away")
-        return items
+        return list[int | Exception](items)
 
     c = Coalescer(flush)
     results = await asyncio.gather(c.submit(1), c.submit(2), return_exceptions=True)
@@ -73,7 +73,7 @@ async def test_a_failed_flush_fails_every_caller_of_its_group_and_not_the_next()
 
 async def test_a_flush_that_answers_too_few_items_is_an_error_for_all() -> None:
     async def flush(items: list[int]) -> list[int | Exception]:
-        return items[:1]
+        return list[int | Exception](items[:1])
 
     c = Coalescer(flush)
     results = await asyncio.gather(c.submit(1), c.submit(2), return_exceptions=True)
