@@ -1,10 +1,11 @@
 """The audit trail: every payment attempt, refusal, facilitator answer and state change, with the payer and
-transaction, queryable by challenge, payer or transaction. Rows are written inside the transaction of the
-state change they describe, so the trail never disagrees with the state."""
+transaction, queryable by challenge, payer or transaction. Rows are written by the same statement as the
+state change they describe (a data-modifying CTE, see `insert_sql`), so the trail never disagrees with the
+state and costs no round trip of its own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,28 +41,52 @@ class AuditEvent:
         }
 
 
-async def write_event(
-    conn: asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy,
-    *,
-    challenge_id: str | None,
-    event: str,
-    from_status: str | None = None,
-    to_status: str | None = None,
-    payer: str | None = None,
-    tx_hash: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    await conn.execute(
-        """INSERT INTO rs_audit (challenge_id, event, from_status, to_status, payer, tx_hash, detail)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-        challenge_id,
-        event,
-        from_status,
-        to_status,
-        payer.lower() if payer else None,
-        tx_hash.lower() if tx_hash else None,
-        detail or {},
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audit row to write, usually together with the change it describes."""
+
+    event: str
+    challenge_id: str | None
+    payer: str | None = None
+    tx_hash: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    from_status: str | None = None
+    to_status: str | None = None
+
+    def params(self) -> tuple[Any, ...]:
+        """The values for `insert_sql`'s seven placeholders, in order."""
+        return (
+            self.challenge_id,
+            self.event,
+            self.from_status,
+            self.to_status,
+            self.payer.lower() if self.payer else None,
+            self.tx_hash.lower() if self.tx_hash else None,
+            self.detail,
+        )
+
+
+AUDIT_PARAMS = 7  # placeholders per entry
+
+
+def insert_sql(first: int, *, source: str | None = None, payer: str | None = None) -> str:
+    """An INSERT of one AuditEntry whose `params()` start at placeholder $first: a statement of its own, or
+    a data-modifying CTE of the statement that makes the change (PostgreSQL runs those even unread). With
+    `source` (a CTE's name) it writes one row per row of that CTE, so none when nothing changed; `payer` is
+    SQL for the payer when the entry names none (e.g. the changed row's own)."""
+    p = [f"${first + i}" for i in range(AUDIT_PARAMS)]
+    payer_sql = f"COALESCE({p[4]}::text, lower({payer}))" if payer else f"{p[4]}::text"
+    return (
+        "INSERT INTO rs_audit (challenge_id, event, from_status, to_status, payer, tx_hash, detail) "
+        f"SELECT {p[0]}::text, {p[1]}::text, {p[2]}::text, {p[3]}::text, {payer_sql}, {p[5]}::text, "
+        f"{p[6]}::jsonb" + (f" FROM {source}" if source else "")
     )
+
+
+async def write_event(
+    conn: asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy, entry: AuditEntry
+) -> None:
+    await conn.execute(insert_sql(1), *entry.params())
 
 
 async def query_events(

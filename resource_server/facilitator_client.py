@@ -1,17 +1,20 @@
-"""An httpx client for any x402 facilitator's /verify and /settle, with failover across several URLs.
+"""An aiohttp client for any x402 facilitator's /verify and /settle, with failover across several URLs.
 
 A URL is skipped for the next one on a connection error, a timeout or a 5xx. When every URL fails the call
 raises FacilitatorUnavailable, which says whether the request may have reached a facilitator (a timeout or
 a 5xx after sending) or certainly did not (every connection refused): only in the second case is it known
 that nothing was settled. An answer that is not a VerifyResponse / SettleResponse raises
-FacilitatorBadResponse."""
+FacilitatorBadResponse.
+
+aiohttp rather than httpx: two calls per paid request, and per call httpx cost the resource server several
+times the CPU (measured ~1.1-2.8 ms against ~0.15-0.3 ms of client CPU per call, at 1 and 32 in flight)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 import orjson
 import structlog
 from pydantic import ValidationError
@@ -51,25 +54,39 @@ class FacilitatorClient:
         api_key: str | None = None,
         timeout: float = 10.0,
         settle_timeout: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 32,
     ) -> None:
         if not urls:
             raise ValueError("at least one facilitator URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
         self.timeout = timeout
         self.settle_timeout = settle_timeout
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            transport=transport,
-            follow_redirects=True,  # the public x402.org facilitator answers with a 308
-            # httpcore scans every pooled connection per request: a small pool is faster under load.
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-        )
+        self.max_connections = max_connections
+        self._headers = {"content-type": "application/json"}
+        if api_key:
+            # Dropped by aiohttp when a redirect leads to another origin.
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Made on first use, not in __init__: a session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections,
+                    # Below uvicorn's 5 s keep-alive: reusing a connection the server is closing would
+                    # fail a request that may have been delivered.
+                    keepalive_timeout=4.0,
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                raise_for_status=False,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def verify(self, payload: dict[str, Any], requirements: dict[str, Any]) -> VerifyResponse:
         return await self._call("/verify", payload, requirements, VerifyResponse, self.timeout)
@@ -94,50 +111,54 @@ class FacilitatorClient:
             }
         )
         unavailable = FacilitatorUnavailable()
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0), read=read_timeout)
+        # `connect` bounds the wait for a pooled connection plus connecting; `sock_read` each read.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.timeout, sock_connect=min(self.timeout, 5.0), sock_read=read_timeout
+        )
+        http = self._http()
         for base in self.urls:
             url = base + path
             try:
-                async with span("facilitator" + path.replace("/", "."), url=base):
-                    response = await self._http.post(
-                        url, content=body, headers={"content-type": "application/json"}, timeout=timeout
-                    )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                async with (
+                    span("facilitator" + path.replace("/", "."), url=base),
+                    http.post(url, data=body, headers=self._headers, timeout=timeout) as response,
+                ):
+                    status, content = response.status, await response.read()
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Nothing was sent: no connection was made.
                 unavailable.failures.append(f"{url}: cannot connect ({type(exc).__name__})")
                 continue
-            except httpx.TimeoutException as exc:
+            except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
                 unavailable.failures.append(f"{url}: timed out ({type(exc).__name__})")
                 unavailable.maybe_delivered = True
                 continue
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 unavailable.failures.append(f"{url}: {type(exc).__name__}: {exc}")
                 unavailable.maybe_delivered = True
                 continue
-            if response.status_code >= 500:
-                unavailable.failures.append(f"{url}: HTTP {response.status_code} {_snippet(response)}")
+            if status >= 500:
+                unavailable.failures.append(f"{url}: HTTP {status} {_snippet(content)}")
                 unavailable.maybe_delivered = True
                 continue
             if unavailable.failures:
                 log.warning("facilitator_failover", path=path, answered=base, skipped=unavailable.failures)
-            return _parse(response, model, url)
+            return _parse(status, content, model, url)
         raise unavailable
 
 
-def _parse(response: httpx.Response, model: type[M], url: str) -> M:
+def _parse(status: int, content: bytes, model: type[M], url: str) -> M:
     try:
-        data = orjson.loads(response.content)
+        data = orjson.loads(content)
     except orjson.JSONDecodeError:
         raise FacilitatorBadResponse(
-            f"{url} answered HTTP {response.status_code} with a body that is not JSON: {_snippet(response)}"
+            f"{url} answered HTTP {status} with a body that is not JSON: {_snippet(content)}"
         ) from None
-    if response.status_code >= 400:
+    if status >= 400:
         # Some facilitators put a protocol answer in a 4xx (the TypeScript client accepts that); anything
         # else is the facilitator refusing our request, which no retry elsewhere will fix.
         key = "isValid" if model is VerifyResponse else "success"
         if not (isinstance(data, dict) and key in data):
-            raise FacilitatorBadResponse(
-                f"{url} refused the request: HTTP {response.status_code} {_snippet(response)}"
-            )
+            raise FacilitatorBadResponse(f"{url} refused the request: HTTP {status} {_snippet(content)}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -146,6 +167,6 @@ def _parse(response: httpx.Response, model: type[M], url: str) -> M:
         ) from None
 
 
-def _snippet(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
+def _snippet(content: bytes) -> str:
+    text = content[:400].decode("utf-8", errors="replace").strip().replace("\n", " ")
     return text[:200]

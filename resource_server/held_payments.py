@@ -26,20 +26,18 @@ class HeldRecord:
 
 async def load_held(store: ChallengeStore, challenge_id: str) -> HeldRecord | None:
     """None when no payment was ever claimed for the challenge."""
-    challenge = await store.get(challenge_id)
-    if challenge is None:
+    found = await store.get_with_payment(challenge_id)
+    if found is None:
         return None
-    row = await store.pool.fetchrow(
-        "SELECT payer, payload, requirements FROM rs_payments WHERE challenge_id = $1", challenge_id
-    )
-    if row is None:
+    challenge, stored = found
+    if stored is None:
         return None
-    payload, requirement = row["payload"], row["requirements"]
+    payload, requirement = stored.payload, stored.requirements
     try:
         inner = ExactEvmPayload.model_validate(payload["payload"])
         valid_before = int(inner.authorization.valid_before)
         network = str(requirement["network"])
     except (ValidationError, KeyError, TypeError, ValueError) as exc:
         raise HeldPaymentCorrupt(f"stored payment of challenge {challenge_id} is unreadable: {exc}") from exc
-    held = HeldPayment(challenge_id, row["payer"], network, payload, requirement, valid_before)
+    held = HeldPayment(challenge_id, stored.payer, network, payload, requirement, valid_before)
     return HeldRecord(challenge, held)

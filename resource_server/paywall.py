@@ -4,7 +4,11 @@ render its answers.
 
 Order matters for safety: nothing is claimed before the facilitator says the payment is valid (a bad
 payment cannot burn a client's challenge), and the claim (unique authorization + issued -> verified) is one
-transaction, so a payment unlocks one request even across replicas racing on the same database."""
+statement, so a payment unlocks one request even across replicas racing on the same database.
+
+A paid request costs three database round trips (each one statement and one transaction): `receive`
+before verifying, `claim` after, and the settle (or release) transition. Matching stays pure, between the
+read and the claim."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from shared.x402 import reasons as fac_reasons
 from shared.x402.models import SettleResponse
 
 from . import reasons
+from .audit import AuditEntry
 from .challenges.matching import Match, Refusal, match_v1, match_v2
 from .challenges.records import Challenge
 from .challenges.requirements import requirements_v1, requirements_v2
@@ -116,7 +121,8 @@ class Paywall:
         self.facilitator = facilitator
         self.challenge_ttl_seconds = challenge_ttl_seconds
 
-    async def issue(self, priced: PricedRequest) -> Challenge:
+    async def issue(self, priced: PricedRequest, *, note: AuditEntry | None = None) -> Challenge:
+        """A fresh challenge for the request; `note` is written with it (the refusal it answers)."""
         quote = priced.quote
 
         def build(
@@ -138,34 +144,43 @@ class Paywall:
                 price=quote.breakdown(),
                 ttl_seconds=self.challenge_ttl_seconds,
                 build=build,
+                note=note,
             )
 
     async def authorize(self, priced: PricedRequest, attempt: PaymentAttempt) -> Authorized | Denied:
         """Raises FacilitatorUnavailable / FacilitatorBadResponse (nothing claimed) and StorageUnavailable."""
+        route_key, params_hash = priced.route.key, priced.quote.params_hash
+        received_note = AuditEntry(
+            "payment_received",
+            attempt.challenge_id,
+            payer=attempt.payer,
+            detail={
+                "x402Version": attempt.version,
+                "network": attempt.network,
+                "payTo": attempt.pay_to,
+                "value": str(attempt.value),
+                "nonce": attempt.nonce,
+                "route": route_key,
+                "paramsHash": params_hash,
+            },
+        )
         async with _storage():
-            await self.store.record(
-                "payment_received",
-                challenge_id=attempt.challenge_id,
+            received = await self.store.receive(
+                received_note,
                 payer=attempt.payer,
-                detail={
-                    "x402Version": attempt.version,
-                    "network": attempt.network,
-                    "payTo": attempt.pay_to,
-                    "value": str(attempt.value),
-                    "nonce": attempt.nonce,
-                    "route": priced.route.key,
-                    "paramsHash": priced.quote.params_hash,
-                },
+                nonce=attempt.nonce,
+                # v2 names its challenge; v1 answers any open one of this route and these parameters.
+                challenge_id=attempt.challenge_id if attempt.version == 2 else None,
+                candidates_of=(route_key, params_hash) if attempt.version == 1 else None,
             )
-            used = await self.store.used_by(attempt.payer, attempt.nonce)
-            if used is not None:
+            if received.used_by is not None:
                 return await self._deny(
                     priced,
                     attempt,
                     reasons.PAYMENT_USED,
-                    f"this payment already unlocked a request (challenge {used})",
+                    f"this payment already unlocked a request (challenge {received.used_by})",
                 )
-            found = await self._match(priced, attempt, exclude=())
+        found = _match(priced, attempt, received.challenges, exclude=())
         if isinstance(found, Refusal):
             return await self._refuse(priced, attempt, found)
 
@@ -217,25 +232,14 @@ class Paywall:
                     )
                 # v1: another client's payment took the newest challenge first; try the next one.
                 taken.append(found.challenge.id)
-                retry = await self._match(priced, attempt, exclude=tuple(taken))
+                candidates = await self.store.open_candidates(priced.route.key, priced.quote.params_hash)
+                retry = _match(priced, attempt, candidates, exclude=tuple(taken))
                 if isinstance(retry, Refusal):
                     return await self._refuse(priced, attempt, retry)
                 found = retry
             return await self._deny(
                 priced, attempt, reasons.NO_MATCHING_CHALLENGE, "every matching challenge was taken"
             )
-
-    async def _match(
-        self, priced: PricedRequest, attempt: PaymentAttempt, *, exclude: tuple[str, ...]
-    ) -> Match | Refusal:
-        route_key, params_hash = priced.route.key, priced.quote.params_hash
-        if attempt.version == 2:
-            challenge = await self.store.get(attempt.challenge_id) if attempt.challenge_id else None
-            return match_v2(attempt, challenge, route_key=route_key, params_hash=params_hash)
-        candidates = [
-            c for c in await self.store.open_candidates(route_key, params_hash) if c.id not in exclude
-        ]
-        return match_v1(attempt, candidates, route_key=route_key, params_hash=params_hash)
 
     async def _refuse(self, priced: PricedRequest, attempt: PaymentAttempt, refusal: Refusal) -> Denied:
         async with _storage():
@@ -246,13 +250,13 @@ class Paywall:
     async def _deny(
         self, priced: PricedRequest, attempt: PaymentAttempt, reason: str, message: str
     ) -> Denied:
-        await self.store.record(
+        refused = AuditEntry(
             "payment_refused",
-            challenge_id=attempt.challenge_id,
+            attempt.challenge_id,
             payer=attempt.payer,
             detail={"reason": reason, "message": message, "nonce": attempt.nonce},
         )
-        return Denied(reason, message, await self.issue(priced))
+        return Denied(reason, message, await self.issue(priced, note=refused))
 
     async def settle(
         self,
@@ -367,6 +371,22 @@ class Paywall:
             )
         if not moved:
             log.warning("challenge_not_verified", challenge_id=challenge_id, wanted=new.value)
+
+
+def _match(
+    priced: PricedRequest,
+    attempt: PaymentAttempt,
+    challenges: list[Challenge],
+    *,
+    exclude: tuple[str, ...],
+) -> Match | Refusal:
+    """`challenges`: v2, the one the payment names (or none); v1, the open candidates, newest first."""
+    route_key, params_hash = priced.route.key, priced.quote.params_hash
+    if attempt.version == 2:
+        challenge = next((c for c in challenges if c.id == attempt.challenge_id), None)
+        return match_v2(attempt, challenge, route_key=route_key, params_hash=params_hash)
+    candidates = [c for c in challenges if c.id not in exclude]
+    return match_v1(attempt, candidates, route_key=route_key, params_hash=params_hash)
 
 
 def _held(payment: Authorized | HeldPayment) -> HeldPayment:

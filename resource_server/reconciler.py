@@ -17,6 +17,7 @@ import structlog
 
 from shared.x402 import reasons as fac_reasons
 
+from .audit import AuditEntry
 from .challenges.states import ChallengeStatus
 from .challenges.store import ChallengeStore
 from .facilitator_client import FacilitatorClient, FacilitatorError
@@ -67,14 +68,14 @@ class SettlementReconciler:
                 )
                 resolved += 1
             elif answer.error_reason == fac_reasons.SETTLEMENT_PENDING:
-                await self.store.record(
+                note = AuditEntry(
                     "still_pending",
-                    challenge_id=pending.challenge_id,
+                    pending.challenge_id,
                     payer=pending.key.payer,
                     tx_hash=answer.transaction or None,
                     detail=detail,
                 )
-                await self.store.release_lease(pending.challenge_id, self.owner)
+                await self.store.release_lease(pending.challenge_id, self.owner, note=note)
             else:
                 await self.store.transition(
                     pending.challenge_id,

@@ -57,3 +57,12 @@ class PendingSettlement:
     payload: dict[str, Any]  # the payment payload as the client sent it
     requirements: dict[str, Any]  # the requirements it was verified against
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPayment:
+    """The payment claimed for a challenge, as stored."""
+
+    payer: str  # checksummed
+    payload: dict[str, Any]  # the payment payload as the client sent it
+    requirements: dict[str, Any]  # the requirement it was verified against

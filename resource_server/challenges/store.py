@@ -1,6 +1,10 @@
 """Challenges and claimed payments in PostgreSQL. Every state change is a conditional UPDATE on the current
-status, written with its audit row in one transaction, so two replicas racing on one challenge cannot both
-move it and a crash never leaves a change without its record.
+status, written with its audit row by the same statement (a data-modifying CTE), so two replicas racing on
+one challenge cannot both move it and a crash never leaves a change without its record.
+
+Each step of a paid request is one statement, one round trip and one transaction: `issue` (the 402),
+`receive` (the attempt's audit row, the replay check and the challenge(s) to match, before verifying),
+`claim` (after verifying), `transition` (after settling or releasing).
 
 The pool must come from shared.storage.database.connect_pool (JSONB decoded to Python values)."""
 
@@ -8,8 +12,10 @@ from __future__ import annotations
 
 import importlib.resources
 import secrets
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -18,9 +24,9 @@ import asyncpg
 from shared.storage.database import connect_pool, migrate
 from shared.telemetry.tracing import span
 
-from ..audit import AuditEvent, query_events, write_event
+from ..audit import AuditEntry, AuditEvent, insert_sql, query_events, write_event
 from .matching import Match
-from .records import Challenge, PaymentKey, PendingSettlement
+from .records import Challenge, PaymentKey, PendingSettlement, StoredPayment
 from .states import ChallengeStatus, check_transition
 
 # (challenge id, expiry as unix seconds) -> (v2 requirements, v1 requirements)
@@ -36,6 +42,23 @@ class ClaimOutcome(StrEnum):
 
 class StoreNotReady(RuntimeError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What a payment attempt needs before it is verified."""
+
+    used_by: str | None  # the challenge this authorization already unlocked, if any
+    challenges: list[Challenge]  # v2: the challenge it names (0 or 1); v1: open candidates, newest first
+
+
+_AUTH_KEY_CONSTRAINT = "rs_payments_authorization_key"
+
+# The unpaid challenges a v1 payment may answer; expired ones included (a late payment should hear that
+# its challenge expired, not that none matched).
+_CANDIDATES = """SELECT * FROM rs_challenges
+                 WHERE route = $3 AND params_hash = $4 AND status IN ('issued', 'expired')
+                 ORDER BY issued_at DESC LIMIT $5"""
 
 
 def _challenge(r: asyncpg.Record) -> Challenge:
@@ -63,6 +86,9 @@ class ChallengeStore:
     def __init__(self, pool: asyncpg.Pool | None = None) -> None:
         self._pool = pool
         self._owns_pool = False
+        # The database's clock minus ours (seconds), as last seen. Expiries are judged by the database's
+        # clock; with this a challenge's expiry is computed before its INSERT, which saves a round trip.
+        self._clock_offset: float | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -104,18 +130,25 @@ class ChallengeStore:
         price: dict[str, Any],
         ttl_seconds: float,
         build: RequirementsBuilder,
+        note: AuditEntry | None = None,
     ) -> Challenge:
-        """A new payable challenge. Its expiry comes from the database clock, which also judges it."""
+        """A new payable challenge, and `note` (e.g. the refusal it answers) in the same statement. Its
+        expiry is on the database's clock, which also judges it: the clock offset last observed (off by at
+        most one round trip, early rather than late) puts it there."""
         challenge_id = secrets.token_hex(16)
-        async with span("db.challenge.issue"), self.pool.acquire() as conn:
-            now = await conn.fetchval("SELECT now()")
-            expires_at = now + timedelta(seconds=ttl_seconds)
-            v2, v1 = build(challenge_id, int(expires_at.timestamp()))
-            row = await conn.fetchrow(
-                """INSERT INTO rs_challenges (id, route, resource, params, params_hash, price, requirements,
-                       requirements_v1, issued_at, expires_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                   RETURNING *, now() AS db_now""",
+        if self._clock_offset is None:
+            self._observe_clock(await self.pool.fetchval("SELECT now()"))
+        assert self._clock_offset is not None
+        expires_at = datetime.fromtimestamp(time.time() + self._clock_offset + ttl_seconds, UTC)
+        v2, v1 = build(challenge_id, int(expires_at.timestamp()))
+        noted = f"WITH noted AS ({insert_sql(10)}) " if note else ""
+        async with span("db.challenge.issue"):
+            db_now = await self.pool.fetchval(
+                noted
+                + """INSERT INTO rs_challenges (id, route, resource, params, params_hash, price, requirements,
+                         requirements_v1, issued_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9)
+                     RETURNING issued_at""",
                 challenge_id,
                 route,
                 resource,
@@ -124,11 +157,30 @@ class ChallengeStore:
                 price,
                 v2,
                 v1,
-                now,
                 expires_at,
+                *(note.params() if note else ()),
             )
-            assert row is not None
-            return _challenge(row)
+        self._observe_clock(db_now)
+        # Built from what was sent rather than read back: the requirements are JSON values already.
+        return Challenge(
+            id=challenge_id,
+            route=route,
+            resource=resource,
+            params=params,
+            params_hash=params_hash,
+            price=price,
+            requirements=v2,
+            requirements_v1=v1,
+            status=ChallengeStatus.ISSUED,
+            issued_at=db_now,
+            expires_at=expires_at,
+            now=db_now,
+        )
+
+    def _observe_clock(self, db_now: datetime) -> None:
+        # Read after the answer arrived: the offset errs low by the answer's travel time, so an expiry
+        # computed from it comes early, never late.
+        self._clock_offset = db_now.timestamp() - time.time()
 
     async def get(self, challenge_id: str) -> Challenge | None:
         row = await self.pool.fetchrow(
@@ -136,97 +188,138 @@ class ChallengeStore:
         )
         return _challenge(row) if row else None
 
+    async def get_with_payment(self, challenge_id: str) -> tuple[Challenge, StoredPayment | None] | None:
+        """A challenge and the payment claimed for it, if any, in one read."""
+        row = await self.pool.fetchrow(
+            """SELECT c.*, now() AS db_now, p.payer AS paid_by, p.payload AS paid_payload,
+                      p.requirements AS paid_requirements
+               FROM rs_challenges c LEFT JOIN rs_payments p ON p.challenge_id = c.id
+               WHERE c.id = $1""",
+            challenge_id,
+        )
+        if row is None:
+            return None
+        paid = (
+            StoredPayment(row["paid_by"], row["paid_payload"], row["paid_requirements"])
+            if row["paid_by"] is not None
+            else None
+        )
+        return _challenge(row), paid
+
     async def open_candidates(self, route: str, params_hash: str, *, limit: int = 50) -> list[Challenge]:
         """Unpaid challenges of a route and parameters, newest first, expired ones included (a late payment
         should hear that its challenge expired, not that none matched)."""
         rows = await self.pool.fetch(
-            """SELECT *, now() AS db_now FROM rs_challenges
-               WHERE route = $1 AND params_hash = $2 AND status IN ('issued', 'expired')
-               ORDER BY issued_at DESC LIMIT $3""",
+            "SELECT *, now() AS db_now FROM rs_challenges"
+            " WHERE route = $1 AND params_hash = $2 AND status IN ('issued', 'expired')"
+            " ORDER BY issued_at DESC LIMIT $3",
             route,
             params_hash,
             limit,
         )
         return [_challenge(r) for r in rows]
 
-    async def used_by(self, payer: str, nonce: str) -> str | None:
-        """The challenge an authorization (payer + EIP-3009 nonce) already unlocked, if any."""
-        value = await self.pool.fetchval(
-            "SELECT challenge_id FROM rs_payments WHERE payer = $1 AND auth_nonce = $2 LIMIT 1", payer, nonce
+    async def receive(
+        self,
+        note: AuditEntry,
+        *,
+        payer: str,
+        nonce: str,
+        challenge_id: str | None = None,
+        candidates_of: tuple[str, str] | None = None,
+        limit: int = 50,
+    ) -> Received:
+        """Records an attempt (`note`) and reads what deciding it needs, in one statement: the challenge the
+        authorization (payer + EIP-3009 nonce) already unlocked, if any, and either the challenge with
+        `challenge_id` (v2) or the open candidates of `candidates_of` = (route, params hash) (v1)."""
+        used = "(SELECT p.challenge_id FROM rs_payments p WHERE p.payer = $1 AND p.auth_nonce = $2 LIMIT 1)"
+        if candidates_of is None:
+            # (VALUES (1)) LEFT JOIN: one row even when no challenge has that id, for the replay answer.
+            sql = f"""WITH received AS ({insert_sql(4)})
+                      SELECT {used} AS used_by, now() AS db_now, c.*
+                      FROM (VALUES (1)) AS one (x) LEFT JOIN rs_challenges c ON c.id = $3"""
+            args: tuple[Any, ...] = (payer, nonce, challenge_id)
+        else:
+            sql = f"""WITH received AS ({insert_sql(6)})
+                      SELECT {used} AS used_by, now() AS db_now, c.*
+                      FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ({_CANDIDATES}) c ON true
+                      ORDER BY c.issued_at DESC"""
+            args = (payer, nonce, *candidates_of, limit)
+        async with span("db.challenge.receive"):
+            rows = await self.pool.fetch(sql, *args, *note.params())
+        self._observe_clock(rows[0]["db_now"])
+        used_by = rows[0]["used_by"]
+        return Received(
+            str(used_by) if used_by is not None else None,
+            [_challenge(r) for r in rows if r["id"] is not None],
         )
-        return str(value) if value is not None else None
 
     async def claim(
         self, match: Match, *, version: int, payload: dict[str, Any], verify_answer: dict[str, Any]
     ) -> ClaimOutcome:
-        """Binds a verified payment to its challenge: records the authorization (unique) and moves the
-        challenge issued -> verified, both or neither."""
-        try:
-            return await self._claim(match, version=version, payload=payload, verify_answer=verify_answer)
-        except _Undo as undo:
-            return undo.outcome
-
-    async def _claim(
-        self, match: Match, *, version: int, payload: dict[str, Any], verify_answer: dict[str, Any]
-    ) -> ClaimOutcome:
+        """Binds a verified payment to its challenge in one statement: moves the challenge issued ->
+        verified (a conditional UPDATE: one winner among racing replicas), records the authorization under
+        its unique key, and writes the `verified` audit row. A used authorization makes the INSERT fail,
+        which aborts the whole statement: both or neither."""
         key, challenge = match.key, match.challenge
-        async with span("db.challenge.claim"), self.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                """INSERT INTO rs_payments (chain_id, asset, payer, auth_nonce, challenge_id, x402_version,
-                       payload, requirements)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                   ON CONFLICT DO NOTHING RETURNING challenge_id""",
-                key.chain_id,
-                key.asset,
-                key.payer,
-                key.nonce,
-                challenge.id,
-                version,
-                payload,
-                match.requirement,
-            )
-            if inserted is None:
-                used = await conn.fetchval(
-                    """SELECT 1 FROM rs_payments
-                       WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND auth_nonce = $4""",
+        entry = AuditEntry(
+            "verified",
+            challenge.id,
+            payer=key.payer,
+            from_status=ChallengeStatus.ISSUED,
+            to_status=ChallengeStatus.VERIFIED,
+            detail={
+                "x402Version": version,
+                "nonce": key.nonce,
+                "chainId": key.chain_id,
+                "asset": key.asset,
+                "requirement": match.requirement,
+                "facilitator": verify_answer,
+            },
+        )
+        try:
+            async with span("db.challenge.claim"):
+                row = await self.pool.fetchrow(
+                    f"""WITH moved AS (
+                            UPDATE rs_challenges
+                            SET status = 'verified', payer = $3, x402_version = $6, updated_at = now()
+                            WHERE id = $5 AND status = 'issued' AND expires_at > now() RETURNING id),
+                        paid AS (
+                            INSERT INTO rs_payments (chain_id, asset, payer, auth_nonce, challenge_id,
+                                x402_version, payload, requirements)
+                            SELECT $1, $2, $3, $4, id, $6, $7, $8 FROM moved RETURNING challenge_id),
+                        logged AS ({insert_sql(9, source="paid")})
+                        SELECT (SELECT count(*) FROM paid) AS claimed,
+                               c.status = 'expired' OR c.expires_at <= now() AS expired
+                        FROM rs_challenges c WHERE c.id = $5""",
                     key.chain_id,
                     key.asset,
                     key.payer,
                     key.nonce,
-                )
-                return ClaimOutcome.PAYMENT_USED if used else ClaimOutcome.CHALLENGE_TAKEN
-            moved = await conn.fetchval(
-                """UPDATE rs_challenges
-                   SET status = 'verified', payer = $2, x402_version = $3, updated_at = now()
-                   WHERE id = $1 AND status = 'issued' AND expires_at > now() RETURNING id""",
-                challenge.id,
-                key.payer,
-                version,
-            )
-            if moved is None:
-                expired = await conn.fetchval(
-                    "SELECT status = 'expired' OR expires_at <= now() FROM rs_challenges WHERE id = $1",
                     challenge.id,
+                    version,
+                    payload,
+                    match.requirement,
+                    *entry.params(),
                 )
-                # Undo the payment row: the transaction must not commit half of the claim.
-                raise _Undo(ClaimOutcome.EXPIRED if expired else ClaimOutcome.CHALLENGE_TAKEN)
-            await write_event(
-                conn,
-                challenge_id=challenge.id,
-                event="verified",
-                from_status=ChallengeStatus.ISSUED,
-                to_status=ChallengeStatus.VERIFIED,
-                payer=key.payer,
-                detail={
-                    "x402Version": version,
-                    "nonce": key.nonce,
-                    "chainId": key.chain_id,
-                    "asset": key.asset,
-                    "requirement": match.requirement,
-                    "facilitator": verify_answer,
-                },
-            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == _AUTH_KEY_CONSTRAINT:
+                return ClaimOutcome.PAYMENT_USED
+            return ClaimOutcome.CHALLENGE_TAKEN  # a payment row for this challenge already exists
+        if row is not None and row["claimed"]:
             return ClaimOutcome.CLAIMED
+        if row is not None and row["expired"]:
+            return ClaimOutcome.EXPIRED
+        # Someone moved the challenge first. If it was this very payment (raced on another replica), that
+        # committed after this statement's snapshot was taken: a fresh read tells which answer is right.
+        used = await self.pool.fetchval(
+            "SELECT 1 FROM rs_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND auth_nonce = $4",
+            key.chain_id,
+            key.asset,
+            key.payer,
+            key.nonce,
+        )
+        return ClaimOutcome.PAYMENT_USED if used else ClaimOutcome.CHALLENGE_TAKEN
 
     async def transition(
         self,
@@ -242,32 +335,32 @@ class ChallengeStore:
     ) -> bool:
         """Moves the challenge from `current` to `new`; False, and nothing written, if it was elsewhere."""
         check_transition(current, new)
-        async with span("db.challenge.transition"), self.pool.acquire() as conn, conn.transaction():
-            payer = await conn.fetchval(
-                """UPDATE rs_challenges SET status = $3, tx_hash = COALESCE($4, tx_hash),
-                       error_reason = COALESCE($5, error_reason), updated_at = now(),
-                       settle_attempts = settle_attempts + $6, lease_owner = NULL, lease_until = NULL
-                   WHERE id = $1 AND status = $2 RETURNING COALESCE(payer, '')""",
+        entry = AuditEntry(
+            event,
+            challenge_id,
+            tx_hash=tx_hash or None,
+            detail=detail or {},
+            from_status=current,
+            to_status=new,
+        )
+        async with span("db.challenge.transition"):
+            moved = await self.pool.fetchval(
+                f"""WITH moved AS (
+                        UPDATE rs_challenges SET status = $3, tx_hash = COALESCE($4, tx_hash),
+                            error_reason = COALESCE($5, error_reason), updated_at = now(),
+                            settle_attempts = settle_attempts + $6, lease_owner = NULL, lease_until = NULL
+                        WHERE id = $1 AND status = $2 RETURNING payer),
+                    logged AS ({insert_sql(7, source="moved", payer="moved.payer")})
+                    SELECT count(*) FROM moved""",
                 challenge_id,
                 current.value,
                 new.value,
                 tx_hash or None,
                 error_reason,
                 1 if settle_attempt else 0,
+                *entry.params(),
             )
-            if payer is None:
-                return False
-            await write_event(
-                conn,
-                challenge_id=challenge_id,
-                event=event,
-                from_status=current,
-                to_status=new,
-                payer=payer or None,
-                tx_hash=tx_hash or None,
-                detail=detail,
-            )
-            return True
+        return bool(moved)
 
     async def expire(self, challenge_id: str) -> bool:
         return await self.transition(
@@ -275,22 +368,22 @@ class ChallengeStore:
         )
 
     async def sweep_expired(self, *, limit: int = 1000) -> int:
-        """Marks issued challenges past their expiry as expired, a batch at a time."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            count = await conn.fetchval(
-                """WITH gone AS (
-                       UPDATE rs_challenges SET status = 'expired', updated_at = now()
-                       WHERE id IN (SELECT id FROM rs_challenges
-                                    WHERE status = 'issued' AND expires_at <= now()
-                                    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-                       RETURNING id),
-                   logged AS (
-                       INSERT INTO rs_audit (challenge_id, event, from_status, to_status)
-                       SELECT id, 'expired', 'issued', 'expired' FROM gone RETURNING 1)
-                   SELECT count(*) FROM logged""",
-                limit,
-            )
-            return int(count)
+        """Marks issued challenges past their expiry as expired, a batch at a time (one statement: the
+        changes and their audit rows commit together)."""
+        count = await self.pool.fetchval(
+            """WITH gone AS (
+                   UPDATE rs_challenges SET status = 'expired', updated_at = now()
+                   WHERE id IN (SELECT id FROM rs_challenges
+                                WHERE status = 'issued' AND expires_at <= now()
+                                ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+                   RETURNING id),
+               logged AS (
+                   INSERT INTO rs_audit (challenge_id, event, from_status, to_status)
+                   SELECT id, 'expired', 'issued', 'expired' FROM gone RETURNING 1)
+               SELECT count(*) FROM logged""",
+            limit,
+        )
+        return int(count)
 
     # -- pending settlements ----------------------------------------------------------------------------
 
@@ -323,15 +416,26 @@ class ChallengeStore:
             for r in rows
         ]
 
-    async def release_lease(self, challenge_id: str, owner: str, *, retry_after_seconds: float = 0.0) -> None:
+    async def release_lease(
+        self,
+        challenge_id: str,
+        owner: str,
+        *,
+        retry_after_seconds: float = 0.0,
+        note: AuditEntry | None = None,
+    ) -> None:
+        """Hands a pending settlement back for a later attempt, with `note` in the same statement."""
+        noted = f"WITH noted AS ({insert_sql(4)}) " if note else ""
         await self.pool.execute(
-            """UPDATE rs_challenges
-               SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3),
-                   settle_attempts = settle_attempts + 1
-               WHERE id = $1 AND lease_owner = $2""",
+            noted
+            + """UPDATE rs_challenges
+                 SET lease_owner = NULL, lease_until = now() + make_interval(secs => $3),
+                     settle_attempts = settle_attempts + 1
+                 WHERE id = $1 AND lease_owner = $2""",
             challenge_id,
             owner,
             retry_after_seconds,
+            *(note.params() if note else ()),
         )
 
     # -- audit --------------------------------------------------------------------------------------------
@@ -346,9 +450,7 @@ class ChallengeStore:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """An audit row that goes with no state change (an attempt, a refusal, a facilitator answer)."""
-        await write_event(
-            self.pool, challenge_id=challenge_id, event=event, payer=payer, tx_hash=tx_hash, detail=detail
-        )
+        await write_event(self.pool, AuditEntry(event, challenge_id, payer, tx_hash, detail or {}))
 
     async def audit(
         self,
@@ -361,9 +463,3 @@ class ChallengeStore:
         return await query_events(
             self.pool, challenge_id=challenge_id, payer=payer, tx_hash=tx_hash, limit=limit
         )
-
-
-class _Undo(Exception):
-    def __init__(self, outcome: ClaimOutcome) -> None:
-        super().__init__(outcome.value)
-        self.outcome = outcome

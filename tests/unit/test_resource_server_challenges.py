@@ -1,16 +1,21 @@
 """Pure parts of the payment flow: challenge states, requirement building, payment headers, matching,
-gateway header filtering, and the facilitator client's failover (against an in-memory transport)."""
+gateway header filtering, and the facilitator client's failover (against local HTTP servers)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from client.signing import pay_v1, pay_v2
 from resource_server.challenges.matching import Match, Refusal, match_v1, match_v2
@@ -308,66 +313,122 @@ def test_gateway_header_filters():
 
 VALID = {"isValid": True, "payer": PAYER}
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def client_for(handler, urls=("http://a", "http://b")) -> FacilitatorClient:
-    return FacilitatorClient(list(urls), api_key="k", transport=httpx.MockTransport(handler))
+
+@contextlib.asynccontextmanager
+async def facilitators(routes: dict[str, Handler]) -> AsyncIterator[Callable[[str], str]]:
+    """One local HTTP server; `routes` maps a path prefix ("/a") to the handler of everything under it.
+    Yields base_url(prefix)."""
+    app = web.Application()
+    for prefix, handler in routes.items():
+        app.router.add_route("*", prefix + "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield lambda prefix: str(server.make_url(prefix))
+    finally:
+        await server.close()
+
+
+def dead_url() -> str:
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def answer(status: int, body: Any) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if isinstance(body, bytes):
+            return web.Response(status=status, body=body)
+        return web.json_response(body, status=status)
+
+    return handler
 
 
 async def test_failover_on_connection_errors_timeouts_and_5xx():
     seen: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(f"{request.url.host}{request.url.path}")
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path)
         assert request.headers["authorization"] == "Bearer k"
-        body = orjson.loads(request.content)
+        body = orjson.loads(await request.read())
         assert body["x402Version"] == 2 and body["paymentRequirements"] == {"r": 1}
-        if request.url.host == "a":
-            raise httpx.ConnectError("refused")
-        if request.url.host == "b":
-            return httpx.Response(503, json={"error": "chain unavailable"})
-        return httpx.Response(200, json=VALID)
+        if request.path.startswith("/b/"):
+            return web.json_response({"error": "chain unavailable"}, status=503)
+        return web.json_response(VALID)
 
-    client = client_for(handler, ("http://a", "http://b", "http://c/"))
-    answer = await client.verify({"x402Version": 2}, {"r": 1})
-    assert answer.is_valid and seen == ["a/verify", "b/verify", "c/verify"]
-    await client.aclose()
+    async with facilitators({"/b": handler, "/c": handler}) as url:
+        client = FacilitatorClient([dead_url(), url("/b"), url("/c") + "/"], api_key="k")
+        answer_ = await client.verify({"x402Version": 2}, {"r": 1})
+        assert answer_.is_valid and seen == ["/b/verify", "/c/verify"]
+        await client.aclose()
 
 
 async def test_unavailable_says_whether_anything_may_have_been_sent():
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
-
-    client = client_for(refuse)
+    client = FacilitatorClient([dead_url(), dead_url()])
     with pytest.raises(FacilitatorUnavailable) as err:
         await client.settle({"x402Version": 2}, {})
     assert not err.value.maybe_delivered and len(err.value.failures) == 2
+    await client.aclose()
 
-    def slow(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "a":
-            raise httpx.ReadTimeout("slow")
-        raise httpx.ConnectError("refused")
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(2.0)
+        return web.json_response({"success": True})
 
-    with pytest.raises(FacilitatorUnavailable) as err:
-        await client_for(slow).settle({"x402Version": 2}, {})
-    assert err.value.maybe_delivered
+    async def cut(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        assert request.transport is not None
+        request.transport.close()  # the connection drops before any answer
+        return web.Response()
+
+    async with facilitators({"/slow": slow, "/cut": cut, "/busy": answer(502, b"bad gateway")}) as url:
+        for sent in ("/slow", "/cut", "/busy"):
+            client = FacilitatorClient([url(sent), dead_url()], settle_timeout=0.3)
+            with pytest.raises(FacilitatorUnavailable) as err:
+                await client.settle({"x402Version": 2}, {})
+            assert err.value.maybe_delivered, sent
+            assert len(err.value.failures) == 2 and "cannot connect" in err.value.failures[1]
+            await client.aclose()
 
 
 async def test_malformed_answers_and_refusals():
-    answers = {
-        "http://a": httpx.Response(200, content=b"<html>"),
-        "http://b": httpx.Response(200, json={"isValid": "perhaps"}),
-        "http://c": httpx.Response(401, json={"error": "missing or invalid API key"}),
-        "http://d": httpx.Response(400, json={"isValid": False, "invalidReason": "invalid_payload"}),
+    routes = {
+        "/a": answer(200, b"<html>"),
+        "/b": answer(200, {"isValid": "perhaps"}),
+        "/c": answer(401, {"error": "missing or invalid API key"}),
+        "/d": answer(400, {"isValid": False, "invalidReason": "invalid_payload"}),
     }
-    for url, response in answers.items():
-        client = client_for(lambda request, r=response: r, (url,))
-        if url == "http://d":
-            # A protocol answer in a 4xx is still an answer (as the TypeScript client reads it).
-            verdict = await client.verify({"x402Version": 2}, {})
-            assert verdict.invalid_reason == "invalid_payload"
-            continue
-        with pytest.raises(FacilitatorBadResponse):
-            await client.verify({"x402Version": 2}, {})
+    async with facilitators(routes) as url:
+        for prefix in routes:
+            client = FacilitatorClient([url(prefix), url("/d")])
+            if prefix == "/d":
+                # A protocol answer in a 4xx is still an answer (as the TypeScript client reads it).
+                verdict = await client.verify({"x402Version": 2}, {})
+                assert verdict.invalid_reason == "invalid_payload"
+            else:
+                # Not retried elsewhere: the facilitator answered.
+                with pytest.raises(FacilitatorBadResponse):
+                    await client.verify({"x402Version": 2}, {})
+            await client.aclose()
+
+
+async def test_redirects_are_followed_with_the_body():
+    # The public x402.org facilitator answers with a 308 to its canonical URL.
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPPermanentRedirect("/new" + request.path.removeprefix("/old"))
+
+    async def new(request: web.Request) -> web.StreamResponse:
+        assert request.headers["authorization"] == "Bearer k"  # same origin: the key goes along
+        assert orjson.loads(await request.read())["paymentRequirements"] == {"r": 2}
+        return web.json_response({"success": True, "transaction": "0xab", "network": "eip155:8453"})
+
+    async with facilitators({"/old": moved, "/new": new}) as url:
+        client = FacilitatorClient([url("/old")], api_key="k")
+        settled = await client.settle({"x402Version": 2}, {"r": 2})
+        assert settled.success and settled.transaction == "0xab"
+        await client.aclose()
 
 
 def test_decimal_params_hash_does_not_depend_on_spelling():

@@ -1,0 +1,227 @@
+"""The challenge store's statements on real PostgreSQL: each step of a payment is one statement, so these
+check what one statement must guarantee on its own: a claim is all or nothing and has one winner among
+racers, a state change and its audit row are written together or not at all, and expiries are on the
+database's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import types
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from resource_server.audit import AuditEntry
+from resource_server.challenges import store as store_module
+from resource_server.challenges.matching import Match
+from resource_server.challenges.records import Challenge, PaymentKey
+from resource_server.challenges.states import ChallengeStatus
+from resource_server.challenges.store import ChallengeStore, ClaimOutcome
+
+pytestmark = pytest.mark.integration
+
+ROUTE = "GET /weather"
+ASSET = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
+PAYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+
+
+@pytest.fixture
+async def store(fresh_database: str) -> AsyncIterator[ChallengeStore]:
+    opened = ChallengeStore()
+    await opened.open(fresh_database)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def build(challenge_id: str, expires_at: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    extra = {"challengeId": challenge_id, "challengeExpiresAt": expires_at}
+    v2 = {"scheme": "exact", "network": "eip155:84532", "amount": "1000", "asset": ASSET, "extra": extra}
+    v1 = {"scheme": "exact", "network": "base-sepolia", "maxAmountRequired": "1000", "extra": extra}
+    return [v2], [v1]
+
+
+async def issue(store: ChallengeStore, *, ttl: float = 300.0, params_hash: str = "h1") -> Challenge:
+    return await store.issue(
+        route=ROUTE,
+        resource="http://test/weather",
+        params={},
+        params_hash=params_hash,
+        price={"total": "0.001"},
+        ttl_seconds=ttl,
+        build=build,
+    )
+
+
+def nonce() -> str:
+    return "0x" + secrets.token_hex(32)
+
+
+def match(challenge: Challenge, auth_nonce: str, payer: str = PAYER) -> Match:
+    return Match(challenge, challenge.requirements[0], PaymentKey(84532, ASSET, payer, auth_nonce))
+
+
+async def claim(store: ChallengeStore, m: Match) -> ClaimOutcome:
+    return await store.claim(m, version=2, payload={"x402Version": 2}, verify_answer={"isValid": True})
+
+
+async def status(store: ChallengeStore, challenge_id: str) -> str:
+    return str(await store.pool.fetchval("SELECT status FROM rs_challenges WHERE id = $1", challenge_id))
+
+
+async def events(store: ChallengeStore, challenge_id: str) -> list[str]:
+    return [e.event for e in await store.audit(challenge_id=challenge_id)]
+
+
+async def test_a_used_authorization_aborts_the_whole_claim(store):
+    first, second = await issue(store), await issue(store)
+    spent = nonce()
+    assert await claim(store, match(first, spent)) is ClaimOutcome.CLAIMED
+    # The unique key refuses it inside the statement: the challenge's move is undone with it.
+    assert await claim(store, match(second, spent)) is ClaimOutcome.PAYMENT_USED
+    assert await status(store, first.id) == "verified"
+    assert await status(store, second.id) == "issued"
+    assert await events(store, first.id) == ["verified"]
+    assert await events(store, second.id) == []
+    owners = await store.pool.fetch("SELECT challenge_id FROM rs_payments")
+    assert [r["challenge_id"] for r in owners] == [first.id]
+    # The challenge is still payable by another authorization.
+    assert await claim(store, match(second, nonce())) is ClaimOutcome.CLAIMED
+
+
+async def test_racing_claims_have_one_winner(store):
+    # One authorization racing for eight challenges (replicas, v1 retries): one challenge moves.
+    challenges = [await issue(store) for _ in range(8)]
+    shared = nonce()
+    outcomes = await asyncio.gather(*(claim(store, match(c, shared)) for c in challenges))
+    assert sorted(outcomes) == sorted([ClaimOutcome.CLAIMED] + [ClaimOutcome.PAYMENT_USED] * 7)
+    statuses = [await status(store, c.id) for c in challenges]
+    assert statuses.count("verified") == 1 and statuses.count("issued") == 7
+
+    # Eight authorizations racing for one challenge: one is recorded, the others hear it was taken.
+    target = await issue(store)
+    outcomes = await asyncio.gather(*(claim(store, match(target, nonce())) for _ in range(8)))
+    assert sorted(outcomes) == sorted([ClaimOutcome.CLAIMED] + [ClaimOutcome.CHALLENGE_TAKEN] * 7)
+    assert (
+        await store.pool.fetchval("SELECT count(*) FROM rs_payments WHERE challenge_id = $1", target.id) == 1
+    )
+    assert await events(store, target.id) == ["verified"]
+
+    # The same authorization raced on the same challenge: whoever loses hears that the payment was used.
+    again = await issue(store)
+    same = nonce()
+    outcomes = await asyncio.gather(*(claim(store, match(again, same)) for _ in range(4)))
+    assert sorted(outcomes) == sorted([ClaimOutcome.CLAIMED] + [ClaimOutcome.PAYMENT_USED] * 3)
+
+
+async def test_claiming_an_expired_challenge_writes_nothing(store):
+    late = await issue(store, ttl=0.05)
+    await asyncio.sleep(0.15)
+    assert await claim(store, match(late, nonce())) is ClaimOutcome.EXPIRED
+    assert await status(store, late.id) == "issued"  # the sweep or the refusal marks it expired
+    assert await store.pool.fetchval("SELECT count(*) FROM rs_payments") == 0
+    assert await store.expire(late.id)
+    assert await events(store, late.id) == ["expired"]
+    assert await claim(store, match(late, nonce())) is ClaimOutcome.EXPIRED
+
+
+async def test_receive_records_the_attempt_and_reads_what_matching_needs(store):
+    def received(challenge_id: str | None) -> AuditEntry:
+        return AuditEntry("payment_received", challenge_id, payer=PAYER, detail={"n": 1})
+
+    unknown = await store.receive(received("nope"), payer=PAYER, nonce=nonce(), challenge_id="nope")
+    assert (unknown.used_by, unknown.challenges) == (None, [])
+    assert await events(store, "nope") == ["payment_received"]
+
+    named = await issue(store)
+    auth = nonce()
+    found = await store.receive(received(named.id), payer=PAYER, nonce=auth, challenge_id=named.id)
+    assert found.used_by is None and [c.id for c in found.challenges] == [named.id]
+    assert found.challenges[0].requirements == named.requirements
+    assert found.challenges[0].expires_at == named.expires_at
+
+    assert await claim(store, match(named, auth)) is ClaimOutcome.CLAIMED
+    replay = await store.receive(received(named.id), payer=PAYER, nonce=auth, challenge_id=named.id)
+    assert replay.used_by == named.id
+    assert await events(store, named.id) == ["payment_received", "verified", "payment_received"]
+
+    # v1: the open challenges of the route and parameters, newest first, claimed ones left out.
+    older, newer = await issue(store, params_hash="h2"), await issue(store, params_hash="h2")
+    await issue(store, params_hash="other")
+    candidates = await store.receive(received(None), payer=PAYER, nonce=nonce(), candidates_of=(ROUTE, "h2"))
+    assert [c.id for c in candidates.challenges] == [newer.id, older.id]
+    assert await claim(store, match(newer, nonce())) is ClaimOutcome.CLAIMED
+    left = await store.receive(received(None), payer=PAYER, nonce=nonce(), candidates_of=(ROUTE, "h2"))
+    assert [c.id for c in left.challenges] == [older.id]
+    none = await store.receive(received(None), payer=PAYER, nonce=nonce(), candidates_of=(ROUTE, "h3"))
+    assert none.challenges == [] and none.used_by is None
+
+
+async def test_a_state_change_and_its_audit_row_are_written_together(store):
+    challenge = await issue(store)
+    assert await claim(store, match(challenge, nonce())) is ClaimOutcome.CLAIMED
+    tx = "0x" + "AB" * 32
+    moved = await store.transition(
+        challenge.id,
+        ChallengeStatus.VERIFIED,
+        ChallengeStatus.SETTLED,
+        event="settled",
+        detail={"facilitator": {"success": True}},
+        tx_hash=tx,
+        settle_attempt=True,
+    )
+    assert moved
+    # Only from the state it is in: a second change finds nothing to move and writes nothing.
+    assert not await store.transition(
+        challenge.id, ChallengeStatus.VERIFIED, ChallengeStatus.FAILED, event="settle_failed"
+    )
+    [verified, settled] = await store.audit(challenge_id=challenge.id)
+    assert (verified.event, settled.event) == ("verified", "settled")
+    assert (settled.from_status, settled.to_status) == ("verified", "settled")
+    assert settled.payer == PAYER.lower()  # taken from the challenge row by the same statement
+    assert settled.tx_hash == tx.lower() and settled.detail == {"facilitator": {"success": True}}
+    row = await store.pool.fetchrow("SELECT * FROM rs_challenges WHERE id = $1", challenge.id)
+    assert (row["status"], row["tx_hash"], row["settle_attempts"]) == ("settled", tx, 1)
+    # By payer or transaction, the whole story of the challenge.
+    assert [e.event for e in await store.audit(tx_hash=tx)] == ["verified", "settled"]
+
+
+async def test_a_refusal_note_is_written_with_the_fresh_challenge(store):
+    note = AuditEntry("payment_refused", "old", payer=PAYER, detail={"reason": "challenge_expired"})
+    fresh = await store.issue(
+        route=ROUTE,
+        resource="http://test/weather",
+        params={},
+        params_hash="h1",
+        price={},
+        ttl_seconds=60,
+        build=build,
+        note=note,
+    )
+    assert await status(store, fresh.id) == "issued"
+    [refused] = await store.audit(challenge_id="old")
+    assert (refused.event, refused.payer, refused.detail) == ("payment_refused", PAYER.lower(), note.detail)
+
+
+async def test_expiry_is_on_the_database_clock_even_when_ours_is_off(store, monkeypatch):
+    # This process's clock an hour fast: expiries must still be TTL after the database's now.
+    real = time.time
+    monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: real() + 3600))
+    fresh = ChallengeStore(store.pool)
+    for _ in range(3):  # the first issue reads the clock, the next ones use what the last one saw
+        challenge = await issue(fresh, ttl=30.0)
+        row = await store.pool.fetchrow(
+            "SELECT issued_at, expires_at, now() AS db_now FROM rs_challenges WHERE id = $1", challenge.id
+        )
+        assert row["expires_at"] == challenge.expires_at
+        assert timedelta(seconds=29) < row["expires_at"] - row["db_now"] <= timedelta(seconds=30)
+        assert row["issued_at"] < row["expires_at"]
+        assert challenge.requirements[0]["extra"]["challengeExpiresAt"] == int(
+            challenge.expires_at.timestamp()
+        )
+        assert not challenge.expired
