@@ -273,8 +273,8 @@ class SettlementService:
         submission = Submission(row, verified.target, verified.calldata, gas_limit, fees)
         sent = await submitter.submit(submission)
         tried: set[str] = set()
+        caught_up: set[str] = set()
         while True:
-            tried.add(sent.signer.address)
             if sent.refused is None:
                 return sent.signed, sent.signer
             signer, refused = sent.signer, sent.refused
@@ -286,6 +286,10 @@ class SettlementService:
                 # transaction stays and the reconciler keeps re-broadcasting it.
                 return sent.signed, sent.signer
             network.signers.release(signer)
+            if _nonce_too_low(refused) and signer.address not in caught_up:
+                caught_up.add(signer.address)  # its nonce now follows the chain: the key may go again
+            else:
+                tried.add(signer.address)
             if len(tried) >= len(network.signers.signers):
                 raise _SubmitFailed(
                     reasons.UNEXPECTED_SETTLE_ERROR,
@@ -302,7 +306,7 @@ class SettlementService:
         self, network: NetworkRuntime, signer: Signer, signed: SignedTransaction, exc: RpcError
     ) -> bool:
         """True when the refused transaction is gone from the ledger and its nonce free again."""
-        if "nonce too low" in exc.message.lower():
+        if _nonce_too_low(exc):
             # Someone used this key outside the facilitator: catch the shared counter up with the chain.
             chain_nonce = await network.eth.get_transaction_count(signer.address, "pending")
             await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
@@ -369,3 +373,8 @@ class _SubmitFailed(Exception):
         self.reason = reason
         self.message = message
         self.clear_tx = clear_tx
+
+
+def _nonce_too_low(exc: RpcError) -> bool:
+    """The key was used outside this facilitator (or by a replica on another database)."""
+    return "nonce too low" in exc.message.lower()

@@ -62,7 +62,6 @@ class SignerPool:
         self.signers = signers
         self._in_flight: Counter[str] = Counter()
         self._rr = itertools.count()
-        self._excluded: set[str] = set()
 
     @property
     def addresses(self) -> list[str]:

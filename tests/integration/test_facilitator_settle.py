@@ -178,3 +178,36 @@ async def test_receipt_from_chain_for_a_transfer_sent_elsewhere(dev_chain, facil
     assert doc["receipt"]["status"] == "confirmed"
     assert doc["receipt"]["payer"] == payer.address
     assert doc["receipt"]["amount"] == "2500"
+
+
+async def test_a_signer_key_used_outside_the_facilitator_is_caught_up(
+    dev_chain, start_facilitator, fresh_database
+):
+    """The node refuses the ledger's next nonce as too low: the ledger follows the chain, forgets the refused
+    transaction and sends again with the same single key, without failing the payment."""
+    key = dev_chain.facilitator_keys[0]
+    address = Account.from_key(key).address
+    fac = await start_facilitator(network={"signer_keys": [key]})
+    payer = dev_chain.new_payer(1_000_000)
+    first = (await fac.post("/settle", paid_request(dev_chain, payer, 1_000))).json()
+    assert first["success"] is True, first
+    for _ in range(2):  # someone else spends two nonces of the facilitator's key
+        dev_chain.rpc.request("eth_sendTransaction", [{"from": address, "to": address, "value": "0x0"}])
+    body = paid_request(dev_chain, payer, 2_000)
+    second = (await fac.post("/settle", body)).json()
+    assert second["success"] is True, second
+    assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == 2_000
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        nonces = [
+            r["signer_nonce"]
+            for r in await conn.fetch(
+                "SELECT signer_nonce FROM settlement_transactions ORDER BY signer_nonce"
+            )
+        ]
+        in_flight = await conn.fetchval("SELECT count(*) FROM settlements WHERE status <> 'confirmed'")
+    finally:
+        await conn.close()
+    # The refused transaction is gone; the resend took the chain's next nonce, two past the first.
+    assert nonces[1] == nonces[0] + 3 and len(nonces) == 2
+    assert in_flight == 0
