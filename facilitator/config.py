@@ -50,6 +50,9 @@ class NetworkSettings(BaseModel):
     gas_limit_multiplier: Decimal = Decimal("1.25")  # on top of eth_estimateGas
     receipt_timeout_seconds: float = 20.0  # bounded wait in /settle before answering settlement_pending
     receipt_poll_seconds: float = 0.05
+    # The reconciler replaces a transaction pending this long (or at once when its fee cap is under the
+    # base fee) with the same nonce and 12.5 % higher fees, within max_fee_per_gas_gwei.
+    replace_after_seconds: float = Field(default=30.0, gt=0)
     confirmations: int = 1
     eip6492_factories: list[str] = Field(
         default_factory=list

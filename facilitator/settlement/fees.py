@@ -34,6 +34,11 @@ class FeeOracle:
         base, tip = await self.eth.fee_history()
         self._base_fee, self._tip, self._fetched_at = base, tip, time.monotonic()
 
+    @property
+    def base_fee(self) -> int:
+        """The next block's base fee as of the last refresh (0 before any)."""
+        return self._base_fee or 0
+
     async def quote(self) -> FeeQuote:
         if self._base_fee is None or time.monotonic() - self._fetched_at > self.refresh_seconds:
             async with self._lock:

@@ -119,6 +119,22 @@ class StoredTransaction:
     signer_nonce: int
     raw_tx: bytes
     max_fee_per_gas: int
+    replacement: int = 0  # 0 for the first transaction of a nonce, then 1, 2... for fee-bumped ones
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> StoredTransaction:
+        return cls(
+            r["tx_hash"],
+            r["settlement_id"],
+            r["chain_id"],
+            r["signer"],
+            r["signer_nonce"],
+            bytes(r["raw_tx"]),
+            int(r["max_fee_per_gas"]),
+            r["replacement"],
+            r["created_at"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,20 +246,59 @@ class Ledger:
 
     async def transactions(self, settlement_id: int) -> list[StoredTransaction]:
         rows = await self.pool.fetch(
-            "SELECT * FROM settlement_transactions WHERE settlement_id=$1 ORDER BY created_at", settlement_id
+            "SELECT * FROM settlement_transactions WHERE settlement_id=$1 ORDER BY created_at, replacement",
+            settlement_id,
         )
-        return [
-            StoredTransaction(
-                r["tx_hash"],
-                r["settlement_id"],
-                r["chain_id"],
-                r["signer"],
-                r["signer_nonce"],
-                bytes(r["raw_tx"]),
-                int(r["max_fee_per_gas"]),
+        return [StoredTransaction.from_record(r) for r in rows]
+
+    async def store_replacement(
+        self, previous: StoredTransaction, signed: SignedTransaction
+    ) -> StoredTransaction | None:
+        """Stores a transaction that replaces `previous` (same signer nonce, higher fees) as the one its
+        settlement now expects; None when the settlement is no longer submitted."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.fetchval(
+                "SELECT status FROM settlements WHERE id = $1 FOR UPDATE", previous.settlement_id
             )
-            for r in rows
-        ]
+            if status != Status.SUBMITTED.value:
+                return None
+            replacement = await conn.fetchval(
+                """SELECT max(replacement) + 1 FROM settlement_transactions
+                   WHERE chain_id = $1 AND signer = $2 AND signer_nonce = $3""",
+                previous.chain_id,
+                previous.signer,
+                previous.signer_nonce,
+            )
+            record = await conn.fetchrow(
+                """
+                WITH t AS (
+                    INSERT INTO settlement_transactions (tx_hash, settlement_id, chain_id, signer,
+                        signer_nonce, raw_tx, max_fee_per_gas, replacement)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    RETURNING *
+                ), u AS (
+                    UPDATE settlements SET tx_hash = $1, attempts = attempts + 1, updated_at = now()
+                    WHERE id = $2
+                ), ev AS (
+                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                    VALUES ($2, 'submitted', 'submitted',
+                            jsonb_build_object('tx_hash', $1::text, 'replaces', $9::text,
+                                               'signer_nonce', $5::bigint, 'max_fee_per_gas', $7::text))
+                )
+                SELECT * FROM t
+                """,
+                signed.tx_hash,
+                previous.settlement_id,
+                previous.chain_id,
+                previous.signer,
+                previous.signer_nonce,
+                signed.raw_tx,
+                signed.max_fee_per_gas,
+                replacement,
+                previous.tx_hash,
+            )
+        assert record is not None
+        return StoredTransaction.from_record(record)
 
     async def sync_signer_nonce(self, chain_id: int, address: str, chain_nonce: int) -> None:
         """Never moves a nonce backwards: other replicas may have allocated past the chain's view."""

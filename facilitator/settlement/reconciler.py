@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import structlog
@@ -25,9 +26,14 @@ from shared.rpc.eth import to_bytes
 from shared.x402 import reasons
 
 from ..exact_evm.payment import Rejected
+from ..runtime import NetworkRuntime
 from ..wire import BadRequest, payment_from_wire
-from .ledger import SettlementRow
+from .fees import FeeCapExceeded
+from .ledger import SettlementRow, StoredTransaction
+from .signers import FeeQuote
+from .speedup import is_stuck, replacement_fees
 from .states import Status
+from .tx_signing import decode_eip1559_call
 
 if TYPE_CHECKING:
     from .service import SettlementService
@@ -88,7 +94,9 @@ async def _resolve_submitted(
     if await eth.get_transaction(current.tx_hash) is not None or (
         await eth.get_transaction_count(current.signer, "latest") <= current.signer_nonce
     ):
-        # Pending, or lost by the node while its nonce is still free: the same bytes are still good.
+        # Pending, or lost by the node while its nonce is still free: the same bytes are still good, unless
+        # their fees keep them out of blocks; then a replacement with the same nonce goes instead.
+        current = await _speed_up(service, network, current) or current
         with contextlib.suppress(RpcError):
             await eth.send_raw_transaction(current.raw_tx)
         if wait > 0:
@@ -113,6 +121,60 @@ async def _resolve_submitted(
         )
     log.warning("settlement_resend", settlement_id=row.id, dropped=current.tx_hash)
     return await _resend_or_fail(service, row, attempt=attempt, wait=wait)
+
+
+async def _speed_up(
+    service: SettlementService, network: NetworkRuntime, current: StoredTransaction
+) -> StoredTransaction | None:
+    """A stored replacement for a stuck transaction, or None when it is not stuck or cannot be replaced."""
+    old = decode_eip1559_call(current.raw_tx)
+    try:
+        market = await network.fees.quote()
+    except FeeCapExceeded:
+        market = None
+    age = (datetime.now(UTC) - current.created_at).total_seconds() if current.created_at else 0.0
+    stuck = is_stuck(
+        age_seconds=age,
+        replace_after_seconds=network.settings.replace_after_seconds,
+        max_fee=old.max_fee_per_gas,
+        next_base_fee=network.fees.base_fee,
+    )
+    if not stuck:
+        return None
+    signer = network.signers.by_address(current.signer)
+    fees = (
+        replacement_fees(
+            FeeQuote(old.max_fee_per_gas, old.max_priority_fee_per_gas), market, cap=network.fees.max_fee_cap
+        )
+        if market is not None
+        else None
+    )
+    if fees is None or signer is None:
+        log.warning(
+            "settlement_stuck",
+            settlement_id=current.settlement_id,
+            tx_hash=current.tx_hash,
+            reason="fee cap reached" if signer is not None else "signer key no longer configured",
+        )
+        return None
+    signed = signer.sign_call(
+        chain_id=network.chain_id,
+        nonce=current.signer_nonce,
+        to=old.to,
+        data=old.data,
+        gas=old.gas,
+        fees=fees,
+    )
+    stored = await service.ledger.store_replacement(current, signed)
+    if stored is not None:
+        log.info(
+            "settlement_sped_up",
+            settlement_id=current.settlement_id,
+            replaces=current.tx_hash,
+            tx_hash=stored.tx_hash,
+            max_fee_per_gas=fees.max_fee_per_gas,
+        )
+    return stored
 
 
 class Reconciler:

@@ -67,6 +67,9 @@ class SignerPool:
     def addresses(self) -> list[str]:
         return [s.address for s in self.signers]
 
+    def by_address(self, address: str) -> Signer | None:
+        return next((s for s in self.signers if s.address.lower() == address.lower()), None)
+
     def pick(self, avoid: set[str] | None = None) -> Signer:
         candidates = [s for s in self.signers if s.address not in (avoid or set())] or self.signers
         start = next(self._rr)

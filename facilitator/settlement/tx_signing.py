@@ -3,6 +3,8 @@ generic transaction model, on the path every settlement takes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import rlp
 from coincurve import PrivateKey
 
@@ -37,3 +39,23 @@ def sign_eip1559_call(
     r, s, y_parity = signature[:32], signature[32:64], signature[64]
     raw = b"\x02" + rlp.encode([*fields, y_parity, int.from_bytes(r, "big"), int.from_bytes(s, "big")])
     return raw, keccak256(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Eip1559Call:
+    chain_id: int
+    nonce: int
+    max_priority_fee_per_gas: int
+    max_fee_per_gas: int
+    gas: int
+    to: str
+    data: bytes
+
+
+def decode_eip1559_call(raw: bytes) -> Eip1559Call:
+    """The fields of a signed type-2 transaction, as `sign_eip1559_call` encodes them."""
+    if raw[:1] != b"\x02":
+        raise ValueError("not an EIP-1559 transaction")
+    fields = rlp.decode(raw[1:])
+    chain_id, nonce, tip, max_fee, gas = (int.from_bytes(f, "big") for f in fields[:5])
+    return Eip1559Call(chain_id, nonce, tip, max_fee, gas, "0x" + bytes(fields[5]).hex(), bytes(fields[7]))

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
+from shared.x402 import reasons
 from tests.fixtures.facilitator import API_KEY, free_port
 from tests.support.payments import paid_request
 
@@ -137,3 +138,48 @@ async def test_sigkill_after_broadcast_then_restart(dev_chain, fresh_database, n
         assert doc["receipt"]["status"] == "confirmed"
     finally:
         fac.stop()
+
+
+async def test_a_transaction_under_the_base_fee_is_replaced_and_the_payment_settles_once(
+    dev_chain_isolated, start_facilitator, fresh_database
+):
+    """A broadcast transaction whose fee cap falls under the base fee is stuck, and every later nonce of its
+    key with it. The reconciler replaces it (same nonce, higher fees); exactly one of the two is mined."""
+    chain = dev_chain_isolated
+    fac = await start_facilitator(network={"receipt_timeout_seconds": 0.3}, reconcile_interval_seconds=3600)
+    network = fac.core.settlement.networks[chain.chain_id]
+    payer = chain.new_payer(1_000_000)
+    body = paid_request(chain, payer, 4_000)
+    pay_to = body["paymentRequirements"]["payTo"]
+    chain.rpc.request("evm_setAutomine", [False])
+    try:
+        pending = (await fac.post("/settle", body)).json()
+        assert pending["errorReason"] == reasons.SETTLEMENT_PENDING, pending
+        first = pending["transaction"]
+        (stored,) = await fac.core.settlement.ledger.transactions(
+            (await fac.core.settlement.ledger.get_by_tx_hash(first)).id
+        )
+        # The base fee jumps past the transaction's fee cap: the next block leaves it out.
+        chain.rpc.request("anvil_setNextBlockBaseFeePerGas", [hex(stored.max_fee_per_gas * 4)])
+        chain.rpc.request("evm_mine", [])
+        assert chain.rpc.request("eth_getTransactionReceipt", [first]) is None
+
+        await network.fees.refresh()
+        assert await fac.core.reconciler.run_once() == 1
+        row = await fac.core.settlement.ledger.get_by_tx_hash(first)
+        txs = await fac.core.settlement.ledger.transactions(row.id)
+        assert [t.replacement for t in txs] == [0, 1]
+        assert txs[1].signer_nonce == txs[0].signer_nonce and txs[1].signer == txs[0].signer
+        assert txs[1].max_fee_per_gas > network.fees.base_fee
+        assert row.tx_hash == txs[1].tx_hash
+        chain.rpc.request("evm_mine", [])
+    finally:
+        chain.rpc.request("evm_setAutomine", [True])
+
+    done = (await fac.post("/settle", body)).json()
+    assert done["success"] is True, done
+    assert done["transaction"] == txs[1].tx_hash
+    assert chain.rpc.request("eth_getTransactionReceipt", [first]) is None
+    assert chain.balance_of(pay_to) == 4_000
+    old = (await fac.get(f"/receipt/{first}")).json()["receipt"]
+    assert old["status"] == "replaced" and old["replacedBy"] == txs[1].tx_hash

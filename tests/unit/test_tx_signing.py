@@ -44,3 +44,26 @@ def test_matches_eth_account_byte_for_byte():
 def test_repr_never_shows_the_key():
     account = Account.create()
     assert account.key.hex()[2:] not in repr(Signer(account.key.hex()))
+
+
+def test_decode_reads_back_what_was_signed():
+    from facilitator.settlement.tx_signing import decode_eip1559_call
+
+    rng = random.Random(2718)
+    for _ in range(10):
+        account = Account.create()
+        to = Account.create().address
+        fees = FeeQuote(
+            max_fee_per_gas=rng.randrange(10**9, 10**11), max_priority_fee_per_gas=rng.randrange(0, 10**9)
+        )
+        data = rng.randbytes(rng.randrange(0, 300))
+        signed = Signer(account.key.hex()).sign_call(
+            chain_id=84532, nonce=rng.randrange(0, 10**6), to=to, data=data, gas=90_000, fees=fees
+        )
+        call = decode_eip1559_call(signed.raw_tx)
+        assert (call.chain_id, call.nonce, call.gas, call.data) == (84532, signed.nonce, 90_000, data)
+        assert call.to.lower() == to.lower()
+        assert (call.max_fee_per_gas, call.max_priority_fee_per_gas) == (
+            fees.max_fee_per_gas,
+            fees.max_priority_fee_per_gas,
+        )
