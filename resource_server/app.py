@@ -1,6 +1,6 @@
 """The two applications: `create_app` (handlers behind the payment middleware, plus /pricing, /quote, /audit,
-/health, and with `generation` the generation API: /tools, /generate, /jobs) and `create_gateway_app` (the
-same endpoints, and every other path proxied to an upstream)."""
+/health, /metrics, and with `generation` the generation API: /tools, /generate, /jobs) and
+`create_gateway_app` (the same endpoints, and every other path proxied to an upstream)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypedDict
 
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
+
+from shared.telemetry.metrics import metrics_endpoint
 
 from .api import API_PATHS
 from .api import ROUTES as API_ROUTES
@@ -26,6 +29,10 @@ from .runtime import Runtime
 
 if TYPE_CHECKING:
     from .generation_api.service import GenerationApi
+
+METRICS_PATH = "/metrics"
+# Served by the resource server itself, never priced.
+OWN_PATHS = API_PATHS | {METRICS_PATH}
 
 
 class _Options(TypedDict):
@@ -53,6 +60,19 @@ def _middleware_options(runtime: Runtime, mode: Mode) -> _Options:
     }
 
 
+def _metrics_route(runtime: Runtime) -> Route:
+    return Route(METRICS_PATH, metrics_endpoint(runtime.metrics.registry), methods=["GET"])
+
+
+def _generation_registry(generation: GenerationApi) -> CollectorRegistry | None:
+    from .generation_api.backend import BackendNotOpen
+
+    try:
+        return generation.backend.stack.metrics.registry
+    except BackendNotOpen:  # not started yet, or stopped
+        return None
+
+
 def create_app(
     settings: ResourceServerSettings,
     dsn: str,
@@ -61,7 +81,12 @@ def create_app(
     handlers: Sequence[BaseRoute] = DEMO_ROUTES,
     generation: GenerationApi | None = None,
 ) -> Starlette:
-    runtime = Runtime.build(settings, pricing)
+    runtime = Runtime.build(
+        settings, pricing, owned=generation.endpoint.matches if generation is not None else None
+    )
+    if generation is not None:
+        # One /metrics for both: the generation stack's registry (rebuilt at each start) is followed.
+        runtime.metrics.include(lambda: _generation_registry(generation))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,11 +105,11 @@ def create_app(
     # The generation API's routes come first: its /health reports the providers too.
     own = generation.routes if generation is not None else []
     app = Starlette(
-        routes=[*own, *API_ROUTES, *handlers],
+        routes=[*own, *API_ROUTES, _metrics_route(runtime), *handlers],
         middleware=[
             Middleware(
                 PaymentMiddleware,
-                exclude_paths=API_PATHS,
+                exclude_paths=OWN_PATHS,
                 endpoints=[generation.endpoint] if generation is not None else [],
                 exclude_prefixes=generation.free_prefixes if generation is not None else (),
                 **_middleware_options(runtime, "buffered"),
@@ -107,7 +132,7 @@ class GatewayApp:
         self.state = api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan" or (scope["type"] == "http" and scope["path"] in API_PATHS):
+        if scope["type"] == "lifespan" or (scope["type"] == "http" and scope["path"] in OWN_PATHS):
             await self.api(scope, receive, send)
         elif scope["type"] == "http":
             await self.paid(scope, receive, send)
@@ -133,7 +158,7 @@ def create_gateway_app(
             await runtime.stop()
             await proxy.aclose()
 
-    api = Starlette(routes=list(API_ROUTES), lifespan=lifespan)
+    api = Starlette(routes=[*API_ROUTES, _metrics_route(runtime)], lifespan=lifespan)
     api.state.runtime = runtime
     paid = PaymentMiddleware(proxy, **_middleware_options(runtime, "stream"))
     return GatewayApp(runtime, api, paid)

@@ -39,6 +39,12 @@ class ResourceServerSettings(BaseSettings):
     max_payment_header_bytes: int = Field(default=8 * 1024, gt=0)
     reconcile_interval_seconds: float = Field(default=5.0, gt=0)
     reconcile_lease_seconds: float = Field(default=60.0, gt=0)
+    # A challenge still `verified` this long after its claim was abandoned (the process died in the handler
+    # or during the settle call): the reconciler settles or releases it. Keep it well above the longest
+    # handler plus facilitator_settle_timeout_seconds, or a live request could be resolved under it.
+    stuck_verified_after_seconds: float = Field(default=600.0, gt=0)
+    # Expired (never paid) challenges and their audit rows are deleted this long after expiry; 0 keeps them.
+    expired_retention_seconds: float = Field(default=7 * 86400.0, ge=0)
 
     # Gateway mode
     upstream_url: str | None = None

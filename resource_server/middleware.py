@@ -11,6 +11,9 @@ settled by the route's policy:
   settle nothing. The handler takes charge of the payment (`PaymentHold.take`) and settles or releases it
   later through the paywall, e.g. when the job it queued ends; a payment nobody took is released. The
   response carries a PAYMENT-RESPONSE with errorReason `settlement_deferred` and no transaction yet.
+  The same payment sent again for the same request (a client retrying after a lost answer) gets that
+  answer again from the endpoint (`PricedEndpoint.replay`), marked `Idempotent-Replayed: true`, and nothing
+  is claimed, created or charged; any other reuse is refused as a used payment.
 
 The handler of every paid request finds the claimed payment in scope["state"]["x402.payment"].
 
@@ -37,7 +40,16 @@ from . import reasons
 from .challenges.store import ChallengeStore
 from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
 from .payment_headers import DEFAULT_MAX_HEADER_BYTES, PaymentAttempt, PaymentHeaderError, read_payment
-from .paywall import Authorized, Denied, Paywall, PricedRequest, Settlement, SettleOutcome, StorageUnavailable
+from .paywall import (
+    Authorized,
+    Denied,
+    Paywall,
+    PricedRequest,
+    Replayed,
+    Settlement,
+    SettleOutcome,
+    StorageUnavailable,
+)
 from .priced_endpoints import EndpointAnswer, PaymentHold, PricedEndpoint, attach_hold
 from .pricing.engine import PricingError, quote
 from .pricing.model import PricingConfig, RouteMatch, SettlementPolicy
@@ -50,6 +62,7 @@ log = structlog.get_logger(__name__)
 Mode = Literal["buffered", "stream"]
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 SETTLEMENT_DEFERRED = "settlement_deferred"  # PAYMENT-RESPONSE errorReason: verified, settled later
+REPLAYED_HEADER = "Idempotent-Replayed"  # "true" on the answer to a deferred payment sent again
 
 
 class _Aborted(Exception):
@@ -180,7 +193,13 @@ class PaymentMiddleware:
         if endpoint is not None:
             refused = await endpoint.admit(priced, attempt)
             if refused is not None:
-                await _answer(send, refused)
+                # A resent payment may be refused for what its own first request caused (the payer's job
+                # now counts against their limit) or for the time since it was signed: its answer stands.
+                replayed = await self.paywall.replayed(priced, attempt)
+                if replayed is not None:
+                    await self._answer_replay(scope, send, replayed, endpoint)
+                else:
+                    await _answer(send, refused)
                 return
 
         try:
@@ -196,6 +215,9 @@ class PaymentMiddleware:
                 send, decision.challenge, route, error=decision.reason, message=decision.message
             )
             return
+        if isinstance(decision, Replayed):
+            await self._answer_replay(scope, send, decision, endpoint)
+            return
 
         hold = PaymentHold(decision)
         attach_hold(scope, hold)
@@ -207,6 +229,29 @@ class PaymentMiddleware:
             await self._settle_on_headers(scope, receive, send, decision)
         else:
             await self._settle_after_buffered(scope, receive, send, hold)
+
+    async def _answer_replay(
+        self, scope: Scope, send: Send, replayed: Replayed, endpoint: PricedEndpoint | None
+    ) -> None:
+        """The first answer again, from what owns the payment; nothing is claimed or settled here."""
+        reply = await endpoint.replay(scope, replayed) if endpoint is not None else None
+        if reply is None:
+            denied = await self.paywall.refuse_replay(replayed)
+            await send_payment_required(
+                send, denied.challenge, replayed.priced.route, error=denied.reason, message=denied.message
+            )
+            return
+        if isinstance(reply, EndpointAnswer):
+            await _answer(send, reply)
+            return
+        await self.paywall.note(replayed, "payment_replayed", {"owner": reply.owner, "status": reply.status})
+        headers = [
+            *reply.headers,
+            *_deferred_headers(replayed.attempt, replayed.challenge_id),
+            (REPLAYED_HEADER.lower().encode(), b"true"),
+            (b"access-control-expose-headers", REPLAYED_HEADER.encode()),
+        ]
+        await send_json(send, reply.status, reply.body, headers)
 
     def _excluded(self, path: str) -> bool:
         return path in self.exclude_paths or any(
@@ -281,7 +326,11 @@ class PaymentMiddleware:
         if start is None:
             await send_error(send, 500, "no_response", "the handler produced no response")
             return
-        extra = _deferred_headers(auth) if hold.owner is not None else [expose_header()]
+        extra = (
+            [*_deferred_headers(auth.attempt, auth.challenge_id), expose_header()]
+            if hold.owner is not None
+            else [expose_header()]
+        )
         await _replay(send, messages, extra)
 
     async def _settle_on_headers(self, scope: Scope, receive: Receive, send: Send, auth: Authorized) -> None:
@@ -398,8 +447,7 @@ def _headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-def _deferred_headers(auth: Authorized) -> Headers:
-    attempt = auth.attempt
+def _deferred_headers(attempt: PaymentAttempt, challenge_id: str) -> Headers:
     answer = SettleResponse(
         success=False,
         error_reason=SETTLEMENT_DEFERRED,
@@ -407,9 +455,9 @@ def _deferred_headers(auth: Authorized) -> Headers:
         transaction="",
         network=attempt.network,
         payer=attempt.payer,
-        extensions={"deferred": {"challengeId": auth.challenge_id}},
+        extensions={"deferred": {"challengeId": challenge_id}},
     )
-    return [(attempt.response_header.lower().encode(), encode_json_header(answer).encode()), expose_header()]
+    return [(attempt.response_header.lower().encode(), encode_json_header(answer).encode())]
 
 
 async def _answer(send: Send, answer: EndpointAnswer) -> None:

@@ -8,11 +8,18 @@ statement, so a payment unlocks one request even across replicas racing on the s
 
 A paid request costs three database round trips (each one statement and one transaction): `receive`
 before verifying, `claim` after, and the settle (or release) transition. Matching stays pure, between the
-read and the claim."""
+read and the claim.
+
+A used payment is refused, except on a `deferred` route when it is the very payment that unlocked a request
+there (same stored payload, route and priced parameters): a client whose answer was lost resends the same
+signed payment, and is answered as the first time (`Replayed`) with nothing claimed or charged again. Only
+that path reads more (the stored payment); the first payment costs nothing extra."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,7 +41,7 @@ from .challenges.store import ChallengeStore, ClaimOutcome, StoreNotReady
 from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
 from .payment_headers import PaymentAttempt
 from .pricing.engine import Quote
-from .pricing.model import Route
+from .pricing.model import Route, SettlementPolicy
 from .pricing.params import json_value
 
 log = structlog.get_logger(__name__)
@@ -92,6 +99,25 @@ class Authorized:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A deferred route's payment presented again, identical to the one that unlocked `prior` (same payload,
+    route and priced parameters): answer as the first time, claiming and charging nothing. Only the route's
+    owner (a job) knows that answer; when it has none, `Paywall.refuse_replay` refuses it as used."""
+
+    priced: PricedRequest
+    attempt: PaymentAttempt
+    prior: Challenge  # the challenge the payment was claimed for; its status says where the payment stands
+
+    @property
+    def challenge_id(self) -> str:
+        return self.prior.id
+
+    @property
+    def payer(self) -> str:
+        return self.attempt.payer
+
+
 class Settlement(StrEnum):
     SETTLED = "settled"
     PENDING = "pending"  # served now, reconciled later
@@ -147,8 +173,11 @@ class Paywall:
                 note=note,
             )
 
-    async def authorize(self, priced: PricedRequest, attempt: PaymentAttempt) -> Authorized | Denied:
-        """Raises FacilitatorUnavailable / FacilitatorBadResponse (nothing claimed) and StorageUnavailable."""
+    async def authorize(
+        self, priced: PricedRequest, attempt: PaymentAttempt
+    ) -> Authorized | Denied | Replayed:
+        """Raises FacilitatorUnavailable / FacilitatorBadResponse (nothing claimed) and StorageUnavailable.
+        `Replayed` only on a deferred route (see the module's docstring)."""
         route_key, params_hash = priced.route.key, priced.quote.params_hash
         received_note = AuditEntry(
             "payment_received",
@@ -174,6 +203,9 @@ class Paywall:
                 candidates_of=(route_key, params_hash) if attempt.version == 1 else None,
             )
             if received.used_by is not None:
+                replayed = await self._replay_of(priced, attempt)
+                if replayed is not None:
+                    return replayed
                 return await self._deny(
                     priced,
                     attempt,
@@ -202,7 +234,7 @@ class Paywall:
 
     async def _claim(
         self, priced: PricedRequest, attempt: PaymentAttempt, found: Match, verify_answer: dict[str, object]
-    ) -> Authorized | Denied:
+    ) -> Authorized | Denied | Replayed:
         async with _storage():
             taken: list[str] = []
             for _ in range(_V1_CLAIM_RETRIES):
@@ -212,6 +244,11 @@ class Paywall:
                 if outcome is ClaimOutcome.CLAIMED:
                     return Authorized(priced, attempt, found)
                 if outcome is ClaimOutcome.PAYMENT_USED:
+                    # The same payment raced in on another request (a client retrying before its first
+                    # answer came back) and claimed first.
+                    replayed = await self._replay_of(priced, attempt)
+                    if replayed is not None:
+                        return replayed
                     return await self._deny(
                         priced, attempt, reasons.PAYMENT_USED, "this payment already unlocked a request"
                     )
@@ -240,6 +277,31 @@ class Paywall:
             return await self._deny(
                 priced, attempt, reasons.NO_MATCHING_CHALLENGE, "every matching challenge was taken"
             )
+
+    async def replayed(self, priced: PricedRequest, attempt: PaymentAttempt) -> Replayed | None:
+        """The replay this payment is, if any: for answers decided before `authorize` (a refusal by the
+        priced endpoint's admission, which the payment's own job may now cause). Raises StorageUnavailable."""
+        async with _storage():
+            return await self._replay_of(priced, attempt)
+
+    async def refuse_replay(self, replayed: Replayed) -> Denied:
+        """A replay nobody can answer (no job owns the payment, or the request differs): used, as always."""
+        async with _storage():
+            return await self._deny(
+                replayed.priced,
+                replayed.attempt,
+                reasons.PAYMENT_USED,
+                f"this payment already unlocked a request (challenge {replayed.challenge_id})",
+            )
+
+    async def _replay_of(self, priced: PricedRequest, attempt: PaymentAttempt) -> Replayed | None:
+        if priced.route.settlement is not SettlementPolicy.DEFERRED:
+            return None  # elsewhere a payment unlocks one request, full stop
+        digest = payload_digest(attempt.payload)
+        for challenge, stored in await self.store.payments_of_authorization(attempt.payer, attempt.nonce):
+            if _same_request(priced, challenge) and payload_digest(stored.payload) == digest:
+                return Replayed(priced, attempt, challenge)
+        return None
 
     async def _refuse(self, priced: PricedRequest, attempt: PaymentAttempt, refusal: Refusal) -> Denied:
         async with _storage():
@@ -337,16 +399,18 @@ class Paywall:
             {"reason": reason, **(detail or {})},
         )
 
-    async def note(self, payment: Authorized | HeldPayment, event: str, detail: dict[str, object]) -> None:
-        """An audit note after the response went out: a storage failure can only be logged by then."""
-        held = _held(payment)
+    async def note(
+        self, payment: Authorized | HeldPayment | Replayed, event: str, detail: dict[str, object]
+    ) -> None:
+        """An audit note once the answer is decided (a replay's, or after the response went out): a storage
+        failure can only be logged by then."""
+        cid = payment.challenge_id
+        payer = payment.attempt.payer if isinstance(payment, Authorized) else payment.payer
         try:
             async with _storage():
-                await self.store.record(
-                    event, challenge_id=held.challenge_id, payer=held.payer, detail=detail
-                )
+                await self.store.record(event, challenge_id=cid, payer=payer, detail=detail)
         except StorageUnavailable:
-            log.error("audit_note_lost", challenge_id=held.challenge_id, audit_event=event, detail=detail)
+            log.error("audit_note_lost", challenge_id=cid, audit_event=event, detail=detail)
 
     async def _move(
         self,
@@ -387,6 +451,17 @@ def _match(
         return match_v2(attempt, challenge, route_key=route_key, params_hash=params_hash)
     candidates = [c for c in challenges if c.id not in exclude]
     return match_v1(attempt, candidates, route_key=route_key, params_hash=params_hash)
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """sha256 of the payload's canonical JSON: what was signed and sent, whatever the key order or storage.
+    A payment that reuses a nonce with another signature, amount or requirement digests differently."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_request(priced: PricedRequest, prior: Challenge) -> bool:
+    return prior.route == priced.route.key and prior.params_hash == priced.quote.params_hash
 
 
 def _held(payment: Authorized | HeldPayment) -> HeldPayment:

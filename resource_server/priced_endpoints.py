@@ -10,7 +10,10 @@ Every paid request's handler finds a `PaymentHold` in ``scope["state"]["x402.pay
 that was claimed for it. Under the `deferred` policy the handler must `take()` it, naming what will
 settle or release it later (a job); an untaken hold is released when the handler returns, so the payer
 keeps the money. Under `after` (buffered mode), the handler may register callbacks for the settlement's
-outcome, e.g. to start or cancel what it queued."""
+outcome, e.g. to start or cancel what it queued.
+
+A deferred route's payment presented again (a client resending it after a lost answer) never reaches the
+handler: the endpoint's `replay` gives the answer the owner of the payment got, or refuses it."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import structlog
 from starlette.types import Scope
 
 from .payment_headers import PaymentAttempt
-from .paywall import Authorized, PricedRequest, SettleOutcome
+from .paywall import Authorized, PricedRequest, Replayed, SettleOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +50,17 @@ class EndpointAnswer:
         return [(b"retry-after", str(self.retry_after).encode())] if self.retry_after is not None else []
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayAnswer:
+    """The answer a replayed payment's first request got, rebuilt from what now owns the payment; the
+    middleware adds the PAYMENT-RESPONSE it had and marks the answer as a replay."""
+
+    status: int
+    body: dict[str, Any]
+    owner: str  # what holds the payment, e.g. "job:<id>"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
 class PricedEndpoint(Protocol):
     def matches(self, method: str, path: str) -> bool: ...
 
@@ -57,6 +71,13 @@ class PricedEndpoint(Protocol):
     async def admit(self, priced: PricedRequest, attempt: PaymentAttempt) -> EndpointAnswer | None:
         """Called with a payment (its payer now known) before it is verified or claimed: an answer
         refuses it untouched."""
+        ...
+
+    async def replay(self, scope: Scope, replayed: Replayed) -> ReplayAnswer | EndpointAnswer | None:
+        """Deferred routes: the payment already unlocked `replayed.prior` for the same route and priced
+        parameters. The first answer again (nothing created), another answer (e.g. 503 while the first
+        request is still running), or None when nothing of this endpoint owns the payment or the request
+        differs from the first: it is then refused as a used payment."""
         ...
 
 

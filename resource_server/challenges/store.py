@@ -13,11 +13,11 @@ from __future__ import annotations
 import importlib.resources
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -28,6 +28,9 @@ from ..audit import AuditEntry, AuditEvent, insert_sql, query_events, write_even
 from .matching import Match
 from .records import Challenge, PaymentKey, PendingSettlement, StoredPayment
 from .states import ChallengeStatus, check_transition
+
+if TYPE_CHECKING:
+    from ..metrics import ResourceServerMetrics
 
 # (challenge id, expiry as unix seconds) -> (v2 requirements, v1 requirements)
 RequirementsBuilder = Callable[[str, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
@@ -50,6 +53,15 @@ class Received:
 
     used_by: str | None  # the challenge this authorization already unlocked, if any
     challenges: list[Challenge]  # v2: the challenge it names (0 or 1); v1: open candidates, newest first
+
+
+@dataclass(frozen=True, slots=True)
+class StuckPayment:
+    """A payment whose challenge was left `verified` by an abandoned request, leased for resolving."""
+
+    payment: PendingSettlement
+    route: str  # Route.key: its settlement policy tells whether a settle may have been sent
+    verified_at: datetime
 
 
 _AUTH_KEY_CONSTRAINT = "rs_payments_authorization_key"
@@ -83,8 +95,11 @@ def _challenge(r: asyncpg.Record) -> Challenge:
 
 
 class ChallengeStore:
-    def __init__(self, pool: asyncpg.Pool | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool | None = None, *, metrics: ResourceServerMetrics | None = None
+    ) -> None:
         self._pool = pool
+        self.metrics = metrics  # counts what the audit entries record, once they are written
         self._owns_pool = False
         # The database's clock minus ours (seconds), as last seen. Expiries are judged by the database's
         # clock; with this a challenge's expiry is computed before its INSERT, which saves a round trip.
@@ -161,6 +176,8 @@ class ChallengeStore:
                 *(note.params() if note else ()),
             )
         self._observe_clock(db_now)
+        if self.metrics is not None:
+            self.metrics.issued(note)
         # Built from what was sent rather than read back: the requirements are JSON values already.
         return Challenge(
             id=challenge_id,
@@ -307,6 +324,8 @@ class ChallengeStore:
                 return ClaimOutcome.PAYMENT_USED
             return ClaimOutcome.CHALLENGE_TAKEN  # a payment row for this challenge already exists
         if row is not None and row["claimed"]:
+            if self.metrics is not None:
+                self.metrics.recorded(entry)
             return ClaimOutcome.CLAIMED
         if row is not None and row["expired"]:
             return ClaimOutcome.EXPIRED
@@ -360,6 +379,8 @@ class ChallengeStore:
                 1 if settle_attempt else 0,
                 *entry.params(),
             )
+        if moved and self.metrics is not None:
+            self.metrics.recorded(entry, error_reason)
         return bool(moved)
 
     async def expire(self, challenge_id: str) -> bool:
@@ -450,7 +471,10 @@ class ChallengeStore:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """An audit row that goes with no state change (an attempt, a refusal, a facilitator answer)."""
-        await write_event(self.pool, AuditEntry(event, challenge_id, payer, tx_hash, detail or {}))
+        entry = AuditEntry(event, challenge_id, payer, tx_hash, detail or {})
+        await write_event(self.pool, entry)
+        if self.metrics is not None:
+            self.metrics.recorded(entry)
 
     async def audit(
         self,
@@ -463,3 +487,119 @@ class ChallengeStore:
         return await query_events(
             self.pool, challenge_id=challenge_id, payer=payer, tx_hash=tx_hash, limit=limit
         )
+
+    # -- replays --------------------------------------------------------------------------------------------
+
+    async def payments_of_authorization(
+        self, payer: str, nonce: str
+    ) -> list[tuple[Challenge, StoredPayment]]:
+        """The payments stored under an authorization's payer and EIP-3009 nonce, each with the challenge it
+        unlocked (one read): the replay of a deferred route's payment is answered from these. Several only
+        when one payer reused a nonce on another chain or token."""
+        rows = await self.pool.fetch(
+            """SELECT c.*, now() AS db_now, p.payer AS paid_by, p.payload AS paid_payload,
+                      p.requirements AS paid_requirements
+               FROM rs_payments p JOIN rs_challenges c ON c.id = p.challenge_id
+               WHERE p.payer = $1 AND p.auth_nonce = $2""",
+            payer,
+            nonce,
+        )
+        return [
+            (_challenge(r), StoredPayment(r["paid_by"], r["paid_payload"], r["paid_requirements"]))
+            for r in rows
+        ]
+
+    # -- reconciler: abandoned claims, the unsettled gauge, retention -----------------------------------
+
+    async def claim_stuck(
+        self,
+        owner: str,
+        *,
+        lease_seconds: float,
+        stuck_after_seconds: float,
+        settle_first: Collection[str],
+        settle_after: Collection[str],
+        expiry_margin_seconds: float,
+        limit: int = 50,
+    ) -> list[StuckPayment]:
+        """Leases to `owner` (one reconciler per row) the challenges left `verified` longer than
+        `stuck_after_seconds` that may be resolved now: those of `settle_first` routes (a settle may have
+        been sent right after the claim), and those of `settle_after` routes once their authorization has
+        expired (`expiry_margin_seconds` past validBefore no settlement can charge it any more, so asking
+        the facilitator tells whether one did, without the risk of charging an unserved request). Other
+        routes (a job's payment, deferred) and challenges with a `settlement_deferred` note are left to
+        their owner."""
+        rows = await self.pool.fetch(
+            """WITH claimed AS (
+                   UPDATE rs_challenges SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+                   WHERE id IN (
+                       SELECT c.id FROM rs_challenges c JOIN rs_payments p ON p.challenge_id = c.id
+                       WHERE c.status = 'verified'
+                         AND c.updated_at < now() - make_interval(secs => $3)
+                         AND (c.lease_until IS NULL OR c.lease_until < now())
+                         AND (c.route = ANY($4::text[])
+                              OR (c.route = ANY($5::text[])
+                                  AND CASE WHEN p.payload #>> $8 ~ '^[0-9]{1,30}$'
+                                      THEN (p.payload #>> $8)::float8
+                                           < extract(epoch FROM now())::float8 - $6::float8
+                                      ELSE false END))
+                         AND NOT EXISTS (SELECT 1 FROM rs_audit a
+                                         WHERE a.challenge_id = c.id AND a.event = 'settlement_deferred')
+                       ORDER BY c.updated_at LIMIT $7 FOR UPDATE OF c SKIP LOCKED)
+                   RETURNING id, route, settle_attempts, updated_at)
+               SELECT p.*, c.route, c.settle_attempts, c.updated_at AS verified_at
+               FROM claimed c JOIN rs_payments p ON p.challenge_id = c.id""",
+            owner,
+            lease_seconds,
+            stuck_after_seconds,
+            list(settle_first),
+            list(settle_after),
+            expiry_margin_seconds,
+            limit,
+            ["payload", "authorization", "validBefore"],
+        )
+        return [
+            StuckPayment(
+                PendingSettlement(
+                    challenge_id=r["challenge_id"],
+                    key=PaymentKey(r["chain_id"], r["asset"], r["payer"], r["auth_nonce"]),
+                    x402_version=r["x402_version"],
+                    payload=r["payload"],
+                    requirements=r["requirements"],
+                    attempts=r["settle_attempts"],
+                ),
+                route=r["route"],
+                verified_at=r["verified_at"],
+            )
+            for r in rows
+        ]
+
+    async def unsettled_counts(self) -> dict[ChallengeStatus, int]:
+        """How many challenges are paid and not settled yet, by status (each count on its partial index)."""
+        row = await self.pool.fetchrow(
+            """SELECT (SELECT count(*) FROM rs_challenges WHERE status = 'verified') AS verified,
+                      (SELECT count(*) FROM rs_challenges WHERE status = 'settlement_pending') AS pending"""
+        )
+        assert row is not None
+        return {
+            ChallengeStatus.VERIFIED: int(row["verified"]),
+            ChallengeStatus.SETTLEMENT_PENDING: int(row["pending"]),
+        }
+
+    async def purge_expired(self, older_than_seconds: float, *, limit: int = 1000) -> int:
+        """Deletes up to `limit` challenges that expired unpaid more than `older_than_seconds` ago, with their
+        audit rows, in one statement (both or neither); returns how many. A challenge with a payment row is
+        never one of them (an expired challenge cannot have one; checked anyway)."""
+        count = await self.pool.fetchval(
+            """WITH doomed AS (
+                   SELECT c.id FROM rs_challenges c
+                   WHERE c.status = 'expired' AND c.expires_at < now() - make_interval(secs => $1)
+                     AND NOT EXISTS (SELECT 1 FROM rs_payments p WHERE p.challenge_id = c.id)
+                   ORDER BY c.expires_at LIMIT $2 FOR UPDATE SKIP LOCKED),
+               trail AS (DELETE FROM rs_audit a USING doomed d WHERE a.challenge_id = d.id),
+               gone AS (DELETE FROM rs_challenges c USING doomed d WHERE c.id = d.id RETURNING 1)
+               SELECT count(*) FROM gone""",
+            older_than_seconds,
+            limit,
+        )
+        return int(count)

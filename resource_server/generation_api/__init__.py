@@ -13,6 +13,8 @@ Endpoints (`x402-resource-server serve` mounts them next to /pricing, /quote, /a
                                      {"mode": "webhook", "url", "secret", "includeProgress"}} -> 202 with the
                                      job view, "job_token" and Location; PAYMENT-RESPONSE says
                                      settlement_deferred (or carries the transaction when settled on accept)
+                                     The same request resent with the same payment (a lost 202) gets that
+                                     job's 202 again, with Idempotent-Replayed: true; nothing new is created
   GET  /jobs/{id}                    status, progress, status_text, timings, result + signed result link,
                                      failure {category, code, message, step}, notices, payment {challenge_id,
                                      tx_hash, settlement_status, receipt_url}
@@ -39,6 +41,7 @@ Modules:
   service.py     GenerationApi: what the app mounts (terms, backend, secret, the /generate endpoint, routes)
   handlers.py    the HTTP endpoints
   endpoint.py    POST /generate as a priced endpoint of the payment middleware (admission before payment)
+  replay.py      the same payment sent again (its 202 lost): the job it created, if the request is the same
   offers.py      a tool's quote as an x402 route and quote; payment windows (pure)
   payments.py    the worker's settlement hook: settle completed jobs' payments, release the others
   access.py      job tokens, signed result links, payer signatures (pure)

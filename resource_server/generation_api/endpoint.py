@@ -1,7 +1,10 @@
 """POST /generate as a priced endpoint of the payment middleware: the request is validated and admitted
 before any challenge is issued (a full queue answers 503 with Retry-After, not 402), priced at the
 tool's quote, and once a payment names its payer, that payer's concurrency and the payment's validity
-window are checked before the payment is verified or claimed."""
+window are checked before the payment is verified or claimed.
+
+A payment that already created a job, sent again with the same request (its 202 was lost), gets that job's
+202 again (replay.py); the middleware recognises the payment and asks `replay`."""
 
 from __future__ import annotations
 
@@ -9,16 +12,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from starlette.requests import Request
 from starlette.types import Scope
 
+from ..challenges.states import ChallengeStatus
 from ..generation.engine.pricing import PriceBreakdown
 from ..generation.engine.tools import Tool
-from ..payment_headers import PaymentAttempt
-from ..paywall import PricedRequest
-from ..priced_endpoints import EndpointAnswer
+from ..payment_headers import PAYMENT_SIGNATURE, X_PAYMENT, PaymentAttempt
+from ..paywall import PricedRequest, Replayed, StorageUnavailable
+from ..priced_endpoints import EndpointAnswer, ReplayAnswer
 from ..pricing.engine import PricingError
 from .offers import GENERATE_PATH
 from .parsing import RequestError, Webhook, check_webhook, find_tool, parse_generate, validate_inputs
+from .replay import job_of_payment, same_request
 
 if TYPE_CHECKING:
     from .service import GenerationApi
@@ -65,9 +71,12 @@ class GenerateEndpoint:
             return EndpointAnswer(exc.status, exc.error, exc.message)
         except PricingError as exc:
             return EndpointAnswer(400, "unpriceable", str(exc))
-        refused = await self._admission(tool, None)
-        if refused is not None:
-            return refused
+        # A paid request is admitted by `admit`, with its payer (the queue counts there too), after which a
+        # resent payment can still be recognised when the queue has filled since its first request.
+        if not _carries_payment(scope):
+            refused = await self._admission(tool, None)
+            if refused is not None:
+                return refused
         scope.setdefault("state", {})[REQUEST_STATE_KEY] = AcceptedRequest(
             tool, inputs, request.webhook, breakdown
         )
@@ -89,6 +98,30 @@ class GenerateEndpoint:
                 )
         return await self._admission(tool, attempt.payer)
 
+    async def replay(self, scope: Scope, replayed: Replayed) -> ReplayAnswer | EndpointAnswer | None:
+        api, accepted = self.api, accepted_request(scope)
+        if accepted is None:
+            return None
+        try:
+            job = await job_of_payment(api.engine, replayed.challenge_id)
+            if job is None:
+                if replayed.prior.status is ChallengeStatus.VERIFIED:
+                    # The first request holds the payment and has not created its job yet: ask again soon.
+                    return EndpointAnswer(
+                        503,
+                        "payment_in_progress",
+                        "this payment's first request is still being processed; retry it as it is",
+                        1,
+                    )
+                return None  # it ended without a job (the payment was released): a used payment
+            if not same_request(job, accepted):
+                return None
+            body = await api.accepted(job, api.base_url(Request(scope)))
+        except (*STORAGE_ERRORS, StorageUnavailable):
+            return storage_answer()
+        location = str(body["links"]["self"])
+        return ReplayAnswer(202, body, f"job:{job.id}", [(b"location", location.encode())])
+
     async def _admission(self, tool: Tool, payer: str | None) -> EndpointAnswer | None:
         try:
             refusal = await self.api.engine.admission_check(tool.name, payer)
@@ -97,3 +130,8 @@ class GenerateEndpoint:
         if refusal is None:
             return None
         return EndpointAnswer(refusal.http_status, refusal.code, refusal.message, refusal.retry_after)
+
+
+def _carries_payment(scope: Scope) -> bool:
+    names = (PAYMENT_SIGNATURE.encode(), X_PAYMENT.encode())
+    return any(name.lower() in names and value for name, value in scope.get("headers", []))

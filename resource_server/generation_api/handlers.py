@@ -213,10 +213,8 @@ async def generate(request: Request) -> Response:
         hold.take(f"job:{job.id}")
     else:
         _settle_on_accept(api, hold, job)
-    base = api.base_url(request)
-    view = await api.view(job, base)
-    view["job_token"] = api.job_token(job)
-    return OrjsonResponse(view, status_code=202, headers={"location": view["links"]["self"]})
+    body = await api.accepted(job, api.base_url(request))
+    return OrjsonResponse(body, status_code=202, headers={"location": body["links"]["self"]})
 
 
 def _settle_on_accept(api: GenerationApi, hold: PaymentHold, job: JobRecord) -> None:

@@ -148,6 +148,13 @@ class GenerationApi:
     def job_token(self, job: JobRecord) -> str:
         return access.job_token(self.secret, job.id)
 
+    async def accepted(self, job: JobRecord, base_url: str) -> dict[str, Any]:
+        """The 202 body of POST /generate: the job's view and its token. The token is an HMAC of the job id,
+        never stored, so a payment sent again (its first answer lost) gets the very same one back."""
+        view = await self.view(job, base_url)
+        view["job_token"] = self.job_token(job)
+        return view
+
     async def view(self, job: JobRecord, base_url: str) -> dict[str, Any]:
         now = self.clock()
         link = (
