@@ -247,14 +247,17 @@ class E2EBench:
         self.token = ""
         self.meter: CpuMeter | None = None
         self.rows: list[Row] = []
+        self.generation = 0  # stacks (chain, database, servers) started so far
 
     async def setup(self) -> None:
         a = self.args
         t0 = time.perf_counter()
+        self.generation += 1
+        self.payers = []
         self.chain = chain = DevChain.start(block_time=None, facilitator_key_count=a.facilitator_signers)
         self.reader = ChainReader(chain.rpc_url)
         self.token = chain.usdc.address
-        pg_dir = self.workdir / "pg"
+        pg_dir = self.workdir / f"pg{self.generation}"
         dsn, self.embedded = await asyncio.to_thread(resolve_database_url, None, pg_dir)
         log(f"chain {chain.rpc_url} (automine), PostgreSQL in {pg_dir}")
         t1 = time.perf_counter()
@@ -307,16 +310,23 @@ class E2EBench:
             f"resource server pid {rs.pid} port {rs.port}, payTo {self.pay_to}"
         )
 
-    async def teardown(self) -> None:
+    async def stop_stack(self) -> None:
         for server in (self.rs, self.facilitator):
             if server is not None:
                 server.stop()
+        self.rs = self.facilitator = None
         if self.reader is not None:
             self.reader.close()
+            self.reader = None
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
         if self.chain is not None:
             self.chain.stop()
+            self.chain = None
+
+    async def teardown(self) -> None:
+        await self.stop_stack()
         if self.args.keep_workdir:
             log(f"kept {self.workdir} (server logs, configs)")
         else:
@@ -326,14 +336,26 @@ class E2EBench:
         assert self.reader is not None
         return self.reader.balances(self.token, [self.pay_to])[0]
 
-    async def run(self) -> None:
-        a = self.args
-        assert self.rs is not None and self.meter is not None and self.reader is not None
-        warm = await run_flows(self.rs.port, self.payers, concurrency=2, duration=0, max_flows=a.warmup)
+    async def warm_up(self) -> None:
+        assert self.rs is not None
+        warm = await run_flows(
+            self.rs.port, self.payers, concurrency=2, duration=0, max_flows=self.args.warmup
+        )
         log(f"warm-up: {warm.ok}/{warm.flows} paid flows ok")
         for s in warm.failure_samples[:3]:
             log(f"  warm-up failure: {s}")
-        for c in a.concurrency:
+
+    async def run(self) -> None:
+        a = self.args
+        await self.warm_up()
+        for i, c in enumerate(a.concurrency):
+            if i and not a.shared_chain:
+                # A fresh chain per cell: Anvil's cost per block grows with the storage the chain holds
+                # (see the facilitator section of bench/README.md), which earlier cells would have filled.
+                await self.stop_stack()
+                await self.setup()
+                await self.warm_up()
+            assert self.rs is not None and self.meter is not None and self.reader is not None
             self.reader.wait_txpool_empty(30)
             before_balance = self.balance()
             spy = None
@@ -486,6 +508,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--concurrency", default="1,8,32", help="keep-alive connections, one flow in flight each")
+    p.add_argument(
+        "--shared-chain",
+        action="store_true",
+        help="run every cell on one chain (default: a fresh chain, database and servers per cell)",
+    )
     p.add_argument("--duration", type=float, default=5.0, help="seconds per cell (default 5)")
     p.add_argument("--payers", type=int, default=64, help="fresh payer accounts (minted USDC)")
     p.add_argument("--warmup", type=int, default=20, help="paid flows before the first cell")
