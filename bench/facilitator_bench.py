@@ -155,7 +155,9 @@ class Bench:
         t0 = time.perf_counter()
         self.generation += 1
         self.payers = []
-        self.chain = DevChain.start(block_time=a.block_time, facilitator_key_count=6)
+        self.chain = DevChain.start(
+            block_time=a.block_time, facilitator_key_count=6, anvil_args=a.anvil_args.split()
+        )
         chain = self.chain
         self.reader = ChainReader(chain.rpc_url)
         self.token = TokenInfo(chain.usdc.address, chain.usdc.name, chain.usdc.version, chain.chain_id)
@@ -798,6 +800,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--py-spy-targets", default="ours")
     p.add_argument("--json", default="", help="write all results to this JSON file")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp folder (server logs)")
+    p.add_argument(
+        "--anvil-args",
+        default="",
+        help='extra Anvil options, e.g. "--hardfork cancun --prune-history" (see bench/README.md)',
+    )
     p.add_argument(
         "--shared-chain",
         action="store_true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
@@ -55,10 +56,11 @@ class DevChain:
         usdc_address: str = BASE_SEPOLIA_USDC,
         usdc_name: str = BASE_SEPOLIA_USDC_NAME,
         facilitator_key_count: int = 4,
+        anvil_args: Sequence[str] = (),
     ) -> DevChain:
         if not 0 < facilitator_key_count <= MAX_FACILITATOR_KEYS:
             raise ValueError(f"facilitator_key_count must be 1..{MAX_FACILITATOR_KEYS}")
-        anvil = start_anvil(port=port, chain_id=chain_id, block_time=block_time)
+        anvil = start_anvil(port=port, chain_id=chain_id, block_time=block_time, extra_args=anvil_args)
         rpc = Rpc(anvil.rpc_url, mine_on_send=block_time is not None)
         try:
             deployment = usdc.deploy_usdc(rpc, address=usdc_address, name=usdc_name)
