@@ -23,10 +23,7 @@ if TYPE_CHECKING:
 
 async def job_of_payment(engine: GenerationEngine, challenge_id: str) -> JobRecord | None:
     """The job a payment's challenge created, if any (read only: never creates one)."""
-    row = await engine.store.pool.fetchrow(
-        "SELECT * FROM generation_jobs WHERE idempotency_key = $1 AND payment_challenge_id = $1", challenge_id
-    )
-    return JobRecord.from_record(row) if row is not None else None
+    return await engine.store.get_by_payment(challenge_id)
 
 
 def same_request(job: JobRecord, accepted: AcceptedRequest) -> bool:

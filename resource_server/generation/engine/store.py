@@ -164,6 +164,14 @@ class JobStore:
         r = await self.pool.fetchrow("SELECT * FROM generation_jobs WHERE id=$1", job_id)
         return JobRecord.from_record(r) if r else None
 
+    async def get_by_payment(self, challenge_id: str) -> JobRecord | None:
+        """The job a payment created (its challenge id is the job's idempotency key), if any."""
+        r = await self.pool.fetchrow(
+            "SELECT * FROM generation_jobs WHERE idempotency_key = $1 AND payment_challenge_id = $1",
+            challenge_id,
+        )
+        return JobRecord.from_record(r) if r else None
+
     async def require(self, job_id: UUID) -> JobRecord:
         job = await self.get(job_id)
         if job is None:
