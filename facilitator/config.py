@@ -119,6 +119,8 @@ class FacilitatorSettings(BaseSettings):
 
     valid_before_margin_seconds: int = 6
     simulate_in_settle: bool = True
+    # A settle reuses a /verify of the identical payload made this long ago or less (0 verifies every time).
+    verify_reuse_seconds: float = Field(default=2.0, ge=0)
     receipt_key: SecretStr | None = None  # signs /receipt answers; defaults to the first signer key
     reconcile_interval_seconds: float = 5.0
     settle_lease_seconds: float = 30.0

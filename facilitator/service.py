@@ -64,6 +64,7 @@ class Facilitator:
             owner=self.owner,
             lease_seconds=settings.settle_lease_seconds,
             simulate=settings.simulate_in_settle,
+            verify_reuse_seconds=settings.verify_reuse_seconds,
         )
         self.reconciler = Reconciler(self.settlement, interval=settings.reconcile_interval_seconds)
         self.receipts = ReceiptService(self.ledger, self.networks, self.registry)
@@ -115,7 +116,8 @@ class Facilitator:
         outcome = "valid"
         try:
             async with span("x402.verify", network=payment.network, payer=payment.payer):
-                await self.verifier.verify(payment)
+                verified = await self.verifier.verify(payment)
+            self.settlement.remember(verified)
             return VerifyResponse(is_valid=True, payer=payment.payer)
         except Rejected as exc:
             outcome = exc.reason

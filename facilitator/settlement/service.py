@@ -25,6 +25,7 @@ from ..runtime import NetworkRuntime
 from .fees import FeeCapExceeded
 from .ledger import Confirmation, Ledger, NewSettlement, SettlementKey, SettlementRow, SignedTransaction
 from .receipt_checks import receipt_succeeded, transfer_matches
+from .recent import RecentVerifications
 from .signers import Signer
 from .states import Status
 from .submitter import Submission, Submitter
@@ -100,6 +101,7 @@ class SettlementService:
         owner: str,
         lease_seconds: float = 30.0,
         simulate: bool = True,
+        verify_reuse_seconds: float = 0.0,
     ) -> None:
         self.ledger = ledger
         self.verifier = verifier
@@ -108,6 +110,7 @@ class SettlementService:
         self.lease_seconds = lease_seconds
         self.simulate = simulate
         self._local: dict[SettlementKey, asyncio.Future[SettleResponse]] = {}
+        self._recent = RecentVerifications(verify_reuse_seconds)
         self.submitters = {
             chain_id: Submitter(ledger, rt.eth, rt.signers, chain_id) for chain_id, rt in networks.items()
         }
@@ -119,6 +122,10 @@ class SettlementService:
         self._confirmations: Coalescer[Confirmation, SettlementRow] = Coalescer(
             self._confirm_group, max_concurrent=2
         )
+
+    def remember(self, verified: VerifiedPayment) -> None:
+        """A successful /verify: a settle of the same payload in the next moment need not repeat it."""
+        self._recent.put(payload_hash(verified.payment), verified)
 
     def attempt_id(self) -> str:
         """Leases belong to one attempt, not to a process: two callers in one process must not share one."""
@@ -152,13 +159,15 @@ class SettlementService:
     ) -> SettleResponse:
         # Verify first and let the insert decide who is first: a repeat of a known authorization fails
         # verification (used nonce) or loses the insert, and only then is the ledger read.
-        try:
-            verified = await self.verifier.verify(payment, simulate=self.simulate)
-        except (Rejected, RpcUnavailable):
-            known = await self.ledger.get_by_key(key)
-            if known is None:
-                raise
-            return await self._follow(known, digest)
+        verified = self._recent.take(digest)
+        if verified is None:
+            try:
+                verified = await self.verifier.verify(payment, simulate=self.simulate)
+            except (Rejected, RpcUnavailable):
+                known = await self.ledger.get_by_key(key)
+                if known is None:
+                    raise
+                return await self._follow(known, digest)
         new = NewSettlement(
             key=key,
             pay_to=payment.requirements.pay_to,

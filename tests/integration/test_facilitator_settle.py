@@ -211,3 +211,31 @@ async def test_a_signer_key_used_outside_the_facilitator_is_caught_up(
     # The refused transaction is gone; the resend took the chain's next nonce, two past the first.
     assert nonces[1] == nonces[0] + 3 and len(nonces) == 2
     assert in_flight == 0
+
+
+async def test_settle_reuses_a_verify_of_the_same_payload_a_moment_ago(dev_chain, start_facilitator):
+    fac = await start_facilitator(verify_reuse_seconds=0.5)
+    verifier = fac.core.verifier
+    real_verify = verifier.verify
+    calls: list[str] = []
+
+    async def counting(payment, **kwargs):
+        calls.append(payment.payer)
+        return await real_verify(payment, **kwargs)
+
+    verifier.verify = counting
+    payer = dev_chain.new_payer(1_000_000)
+    body = paid_request(dev_chain, payer, 1_000)
+    assert (await fac.post("/verify", body)).json()["isValid"] is True
+    assert (await fac.post("/settle", body)).json()["success"] is True
+    assert len(calls) == 1  # the settle reused the verification
+
+    late = paid_request(dev_chain, payer, 2_000)
+    assert (await fac.post("/verify", late)).json()["isValid"] is True
+    await asyncio.sleep(0.6)
+    assert (await fac.post("/settle", late)).json()["success"] is True
+    assert len(calls) == 3  # too old: verified again before anything was stored
+
+    # A repeat after settlement is answered from the ledger, not from a verification.
+    assert (await fac.post("/settle", body)).json()["success"] is True
+    assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == 1_000
