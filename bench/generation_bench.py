@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 from resource_server.challenges.store import ChallengeStore
 from resource_server.generation.engine.admission import EngineLimits
@@ -63,6 +64,8 @@ class Sample:
     accepted_per_s: float
     completed_per_s: float
     latencies_ms: list[float]
+    workers_cpu_pct: float  # during the full-queue phase, % of one core (all worker processes)
+    machine_cpu_pct: float  # the machine's busy time over the same phase (200 % = both cores)
 
 
 @dataclass
@@ -77,6 +80,8 @@ class Row:
     completed_max: float
     latency_jobs: int  # per run
     latency_rate: float
+    workers_cpu_pct: float  # median over the runs
+    machine_cpu_pct: float
     p50_ms: float  # over every run's latency samples
     p95_ms: float
     max_ms: float
@@ -159,6 +164,9 @@ class Workers:
                 raise RuntimeError("workers did not become ready")
             await asyncio.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in self.procs)
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -240,6 +248,11 @@ async def latency(
     return [float(r["ms"]) for r in rows]
 
 
+def _machine_busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[index]
@@ -259,12 +272,21 @@ async def run_one(server_dsn: str, workers: int, args: argparse.Namespace, logs:
             # What autovacuum does on a live queue table; a table filled in seconds and never analyzed
             # makes the planner sort the whole queue for every claim.
             await pool.execute("ANALYZE generation_jobs")
+            before = procs.cpu_seconds(), _machine_busy_seconds(), time.perf_counter()
             completed = await throughput(pool, args.jobs)
+            after = procs.cpu_seconds(), _machine_busy_seconds(), time.perf_counter()
+            wall = after[2] - before[2]
             samples = await latency(engine, pool, args.latency_jobs, args.latency_rate, args.delay_ms)
         finally:
             procs.stop()
             await pool.close()
-    return Sample(accepted, completed, samples)
+    return Sample(
+        accepted,
+        completed,
+        samples,
+        workers_cpu_pct=100 * (after[0] - before[0]) / wall,
+        machine_cpu_pct=100 * (after[1] - before[1]) / wall,
+    )
 
 
 def summarize(workers: int, samples: list[Sample], args: argparse.Namespace) -> Row:
@@ -281,6 +303,8 @@ def summarize(workers: int, samples: list[Sample], args: argparse.Namespace) -> 
         completed_max=round(max(completed), 1),
         latency_jobs=args.latency_jobs,
         latency_rate=args.latency_rate,
+        workers_cpu_pct=round(statistics.median(s.workers_cpu_pct for s in samples)),
+        machine_cpu_pct=round(statistics.median(s.machine_cpu_pct for s in samples)),
         p50_ms=round(statistics.median(latencies), 1),
         p95_ms=round(percentile(latencies, 0.95), 1),
         max_ms=round(max(latencies), 1),
@@ -291,14 +315,15 @@ def table(rows: list[Row]) -> str:
     base = rows[0].completed_per_s
     lines = [
         "| worker processes | accepted jobs/s | completed jobs/s, full queue (min-max) | scaling "
-        "| queue-to-completion p50 | p95 | max |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU% workers / machine, full queue | queue-to-completion p50 | p95 | max |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         scaling = r.completed_per_s / base
         lines.append(
             f"| {r.workers} | {r.accepted_per_s:.0f} | {r.completed_per_s:.0f} "
             f"({r.completed_min:.0f}-{r.completed_max:.0f}) | {scaling:.2f}x "
+            f"| {r.workers_cpu_pct:.0f} / {r.machine_cpu_pct:.0f} "
             f"| {r.p50_ms:.0f} ms | {r.p95_ms:.0f} ms | {r.max_ms:.0f} ms |"
         )
     return "\n".join(lines)

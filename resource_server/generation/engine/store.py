@@ -2,12 +2,14 @@
 
 Writes by a worker are fenced by its lease: each runs in a transaction that locks the job row and checks
 that the caller still owns an active job, so a worker whose lease ran out (and was taken over) can no
-longer move the job. Every change records an event, notifies followers and, when the job has a webhook,
-writes the delivery in the same transaction."""
+longer move the job. Every change records an event and, when the job has a webhook, writes the delivery
+in the same transaction; followers are woken after the commit (EventAnnouncer)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -86,10 +88,61 @@ class JobNotRetryable(RuntimeError):
     pass
 
 
+class EventAnnouncer:
+    """Wakes followers of jobs (SSE streams, in any process) with NOTIFY, a few transactions' worth at once.
+
+    A NOTIFY takes PostgreSQL's cluster-wide notification lock at commit, so a NOTIFY in every event's
+    transaction made every worker's commits queue behind each other's (measured with the generation
+    benchmark: 1 -> 2 worker processes 1.36-1.40x with one per transaction, 2.03x with none). One statement
+    per `interval` carrying every job announced meanwhile keeps that to a few dozen lock holds a second per
+    process, for at most `interval` of extra latency. A follower woken late or not at all only waits for its
+    next look: events are always read from the table (events.py), never from the notification."""
+
+    def __init__(self, pool: asyncpg.Pool, *, interval: float = 0.02) -> None:
+        self.pool = pool
+        self.interval = interval
+        self._jobs: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def announce(self, jobs: Iterable[str]) -> None:
+        self._jobs.update(jobs)
+        if self._jobs and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush(), name="job-event-notify")
+
+    async def _flush(self) -> None:
+        try:
+            while self._jobs:
+                await asyncio.sleep(self.interval)
+                jobs, self._jobs = sorted(self._jobs), set()
+                with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                    await self.pool.execute(
+                        f"SELECT {_NO_FLUSH_WAIT}, pg_notify($1, job) FROM unnest($2::text[]) AS job",
+                        NOTIFY_CHANNEL,
+                        jobs,
+                    )
+        finally:
+            self._task = None
+
+
 class JobStore:
     def __init__(self, pool: asyncpg.Pool, *, progress_webhook_interval: float = 5.0) -> None:
         self.pool = pool
         self._progress_interval = timedelta(seconds=progress_webhook_interval)
+        self._unsent: dict[int, list[str]] = {}  # per open transaction (by connection): jobs to notify
+        self._announcer = EventAnnouncer(pool)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        """A transaction whose job events are announced after it commits (see EventAnnouncer)."""
+        async with self.pool.acquire() as conn:
+            key = id(conn)
+            self._unsent[key] = []
+            try:
+                async with conn.transaction():
+                    yield conn
+                self._announcer.announce(self._unsent.get(key, ()))
+            finally:
+                self._unsent.pop(key, None)
 
     # -- submission and reads ------------------------------------------------------------------------
 
@@ -115,7 +168,7 @@ class JobStore:
 
         ``admit`` re-checks the guardrails under the admission lock: the pre-payment admission_check may
         have raced with other submissions, and this is the check that cannot."""
-        async with span("db.generation.create_job"), self.pool.acquire() as conn, conn.transaction():
+        async with span("db.generation.create_job"), self._transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADMISSION_LOCK)
             if new.idempotency_key is not None:
                 existing = await conn.fetchrow(
@@ -240,7 +293,7 @@ class JobStore:
     async def start_step(
         self, job_id: UUID, owner: str, idx: int, *, phase: JobStatus, text: str, progress: float
     ) -> StepRecord | None:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _owned(conn, job_id, owner)
             if job is None:
                 return None
@@ -273,7 +326,7 @@ class JobStore:
             return started
 
     async def report_progress(self, job_id: UUID, owner: str, progress: float, text: str) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _owned(conn, job_id, owner)
             if job is None:
                 return False
@@ -291,7 +344,7 @@ class JobStore:
 
     async def add_notice(self, job_id: UUID, owner: str, code: str, message: str) -> bool:
         """Append a notice once per code: a step retried after a crash must not repeat it."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _owned(conn, job_id, owner)
             if job is None:
                 return False
@@ -320,7 +373,7 @@ class JobStore:
     ) -> JobRecord | None:
         """Persist a step's output; with ``result`` (the last step) the job completes in the same
         transaction, so there is no moment where every step is done but the job is not."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _owned(conn, job_id, owner)
             if job is None:
                 return None
@@ -363,7 +416,7 @@ class JobStore:
         self, job_id: UUID, owner: str, idx: int, error: GenerationError, delay_seconds: float
     ) -> JobRecord | None:
         """Put the step back to pending and the job out of reach until the backoff has passed."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _owned(conn, job_id, owner)
             if job is None:
                 return None
@@ -405,7 +458,7 @@ class JobStore:
         *,
         final_lease_seconds: float,
     ) -> JobRecord | None:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _owned(conn, job_id, owner)
             if job is None:
                 return None
@@ -454,7 +507,7 @@ class JobStore:
     async def cancel(self, job_id: UUID) -> tuple[JobRecord, bool]:
         """Cancel an active job (True); a final job is returned unchanged (False). A worker running it
         stops at its next heartbeat (the lease is cleared here, and every write it attempts is fenced)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _locked_job(conn, job_id)
             if job.status.final:
                 return job, False
@@ -473,7 +526,7 @@ class JobStore:
 
     async def retry(self, job_id: UUID, *, progress: float) -> JobRecord:
         """Re-queue a failed job at its failed step; finished steps keep their outputs."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             job = await _locked_job(conn, job_id)
             try:
                 check_transition(job.status, JobStatus.QUEUED)
@@ -540,7 +593,7 @@ class JobStore:
 
     async def release_hold(self, job_id: UUID) -> bool:
         """Make a held, still queued job claimable now; False if it was not waiting (or is gone)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             done = await conn.fetchval(
                 """UPDATE generation_jobs SET run_after=now(), updated_at=now()
                    WHERE id=$1 AND status='queued' AND run_after > now() RETURNING 1""",
@@ -592,21 +645,22 @@ class JobStore:
     # -- events ----------------------------------------------------------------------------------------
 
     async def _record(self, conn: Any, job: JobRecord, kind: str, detail: dict[str, Any]) -> None:
-        # One round trip for the row and its notification, which is delivered at commit, so a follower
-        # woken by it always finds the row.
         await conn.execute(
-            """WITH event AS (
-                   INSERT INTO generation_job_events (job_id, kind, status, progress, text, detail)
-                   VALUES ($1, $2, $3, $4, $5, $6) RETURNING job_id)
-               SELECT pg_notify($7, job_id::text) FROM event""",
+            """INSERT INTO generation_job_events (job_id, kind, status, progress, text, detail)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
             job.id,
             kind,
             job.status.value,
             job.progress,
             job.status_text,
             detail,
-            NOTIFY_CHANNEL,
         )
+        # Announced once the transaction has committed (_transaction), so a woken follower finds the row.
+        unsent = self._unsent.get(id(conn))
+        if unsent is not None:
+            unsent.append(str(job.id))
+        else:
+            self._announcer.announce([str(job.id)])
         if job.webhook_url is None:
             return
         if kind == "status" and job.status.final:
