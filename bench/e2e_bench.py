@@ -35,7 +35,7 @@ from typing import Any
 from bench.facilitator_bench import ChainReader, _setting, log, machine_facts
 from bench.loadgen import Connection, HttpError, http_get
 from bench.payments import new_addresses
-from bench.procs import REPO_ROOT, CpuMeter, PySpy, Server, free_port, postgres_pids, start_server
+from bench.procs import REPO_ROOT, CpuMeter, PySpy, Server, free_port, postgres_pids, run_exit, start_server
 from client.signing import pay_v2
 from shared.devchain.chain import DevChain
 from shared.storage.database import resolve_database_url
@@ -580,16 +580,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        code = runner.run(amain(args))
-    raise SystemExit(code)
+    run_exit(amain(parse_args(argv)))
 
 
 if __name__ == "__main__":

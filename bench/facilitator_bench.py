@@ -30,7 +30,7 @@ import orjson
 
 from bench.loadgen import CellResult, build_request, http_get, run_cell
 from bench.payments import Payer, Payment, TokenInfo, make_payer, make_payments, new_addresses
-from bench.procs import REPO_ROOT, CpuMeter, PySpy, Server, child_pids, postgres_pids, start_server
+from bench.procs import REPO_ROOT, CpuMeter, PySpy, Server, child_pids, postgres_pids, run_exit, start_server
 from shared.devchain.chain import DevChain
 from shared.storage.database import resolve_database_url
 
@@ -870,16 +870,7 @@ async def amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        code = runner.run(amain(args))
-    raise SystemExit(code)
+    run_exit(amain(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 
@@ -48,6 +49,19 @@ class Server:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
+
+
+def run_exit(main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Runs a benchmark's main coroutine on uvloop (as the servers run) and exits with its code."""
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        code = runner.run(main)
+    raise SystemExit(code)
 
 
 def free_port() -> int:

@@ -80,9 +80,7 @@ class ResourceServerMetrics:
             "Expired, never paid challenges deleted by retention",
             registry=r,
         )
-        self._payments: dict[str, Any] = {}
-        self._settlements: dict[tuple[str, str], Any] = {}
-        self._facilitator: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # (metric, labels) -> child
         self._issued = self.challenges_issued  # unlabelled: no child to look up
 
     # -- hot path -------------------------------------------------------------------------------------------
@@ -114,24 +112,20 @@ class ResourceServerMetrics:
                 reason = _label(entry.detail.get("reason"), "")
             else:
                 reason = ""
-            key = (outcome, reason)
-            child = self._settlements.get(key)
-            if child is None:
-                child = self._settlements[key] = self.settlements.labels(outcome, reason)
-            child.inc()
+            self._child(self.settlements, outcome, reason).inc()
 
     def facilitator_call(self, endpoint: str, outcome: str, seconds: float) -> None:
-        key = (endpoint, outcome)
-        child = self._facilitator.get(key)
-        if child is None:
-            child = self._facilitator[key] = self.facilitator_seconds.labels(endpoint, outcome)
-        child.observe(seconds)
+        self._child(self.facilitator_seconds, endpoint, outcome).observe(seconds)
 
     def _payment(self, outcome: str) -> None:
-        child = self._payments.get(outcome)
+        self._child(self.payments, outcome).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
         if child is None:
-            child = self._payments[outcome] = self.payments.labels(outcome)
-        child.inc()
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- exposition -----------------------------------------------------------------------------------------
 

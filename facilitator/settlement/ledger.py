@@ -149,17 +149,10 @@ class Ledger:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def insert(
-        self, new: NewSettlement, *, lease_owner: str, lease_seconds: float
-    ) -> SettlementRow | None:
-        """The new row, leased to the caller; None when the authorization is already in the ledger."""
-        (row,) = await self.insert_many([(new, lease_owner)], lease_seconds=lease_seconds)
-        return row
-
     async def insert_many(
         self, news: Sequence[tuple[NewSettlement, str]], *, lease_seconds: float
     ) -> list[SettlementRow | None]:
-        """Group commit of `insert`: each (settlement, lease owner) gets its new row, or None when its
+        """Stores new settlements, each leased to its owner: each gets its new row, or None when its
         authorization is already in the ledger. The rows and their first events commit together."""
         columns: list[list[Any]] = [[] for _ in range(15)]
         for new, owner in news:
@@ -311,28 +304,16 @@ class Ledger:
             chain_nonce,
         )
 
-    async def store_transaction(
-        self,
-        row: SettlementRow,
-        signer: str,
-        sign: Callable[[int], SignedTransaction],
-    ) -> SignedTransaction:
-        """Allocates the signer's next nonce and stores the signed transaction in one database transaction,
-        so no nonce is ever allocated without a transaction that can be (re)broadcast for it."""
-        (result,) = await self.store_transactions([row], signer, lambda pairs: [sign(n) for _, n in pairs])
-        if isinstance(result, Exception):
-            raise result
-        return result
-
     async def store_transactions(
         self,
         rows: Sequence[SettlementRow],
         signer: str,
         sign: Callable[[list[tuple[SettlementRow, int]]], list[SignedTransaction]],
     ) -> list[SignedTransaction | Exception]:
-        """Group commit of `store_transaction`: one database transaction locks the rows, allocates a run of
-        consecutive nonces of one signer and stores every signed transaction. A row whose status forbids
-        the move gets its IllegalTransition in its slot and no nonce."""
+        """One database transaction locks the rows, allocates a run of consecutive nonces of one signer and
+        stores every signed transaction, so no nonce is ever handed out without bytes that can be
+        (re)broadcast for it. A row whose status forbids the move gets its IllegalTransition in its slot
+        and no nonce."""
         ids = [r.id for r in rows]
         async with (
             span("db.settlement.store_transactions", rows=len(rows)),

@@ -62,15 +62,14 @@ class Submitter:
         signed, signer = await self._groups.submit(submission)
         # Each caller broadcasts its own transaction the moment the group commits, so the next group's
         # commit overlaps these sends; a node holds a nonce that arrives early until the gap fills.
-        return Broadcast(signed, signer, await self._send(signed))
+        return await self._broadcast(signed, signer)
 
     async def submit_as(self, submission: Submission, signer: Signer) -> Broadcast:
         """A group of one with a chosen signer: retries after a refusal must avoid the keys that failed."""
         (result,) = await self._store([submission], signer)
         if isinstance(result, Exception):
             raise result
-        signed, _ = result
-        return Broadcast(signed, signer, await self._send(signed))
+        return await self._broadcast(*result)
 
     async def _flush(self, group: list[Submission]) -> list[tuple[SignedTransaction, Signer] | Exception]:
         return await self._store(group, self.signers.pick())
@@ -110,6 +109,9 @@ class Submitter:
                 out.append((result, signer))
         return out
 
+    async def _broadcast(self, signed: SignedTransaction, signer: Signer) -> Broadcast:
+        return Broadcast(signed, signer, await self._send(signed))
+
     async def _send(self, signed: SignedTransaction) -> RpcError | None:
         try:
             # Its own request rather than a JSON-RPC batch: a node works through a batch one call after
@@ -118,10 +120,10 @@ class Submitter:
         except RpcUnavailable:
             return None  # stored and maybe sent: the reconciler re-broadcasts the same bytes
         except RpcError as exc:
-            return None if already_known(exc) else exc
+            return None if _already_known(exc) else exc
         return None
 
 
-def already_known(exc: RpcError) -> bool:
+def _already_known(exc: RpcError) -> bool:
     text = exc.message.lower()
     return "already known" in text or "already imported" in text or "known transaction" in text

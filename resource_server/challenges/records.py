@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from .states import ChallengeStatus
 
 
@@ -57,6 +59,18 @@ class PendingSettlement:
     payload: dict[str, Any]  # the payment payload as the client sent it
     requirements: dict[str, Any]  # the requirements it was verified against
     attempts: int
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> PendingSettlement:
+        """From an `rs_payments` row joined with its challenge's `settle_attempts`."""
+        return cls(
+            challenge_id=r["challenge_id"],
+            key=PaymentKey(r["chain_id"], r["asset"], r["payer"], r["auth_nonce"]),
+            x402_version=r["x402_version"],
+            payload=r["payload"],
+            requirements=r["requirements"],
+            attempts=r["settle_attempts"],
+        )
 
 
 @dataclass(frozen=True, slots=True)

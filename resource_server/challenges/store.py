@@ -26,7 +26,7 @@ from shared.telemetry.tracing import span
 
 from ..audit import AuditEntry, AuditEvent, insert_sql, query_events, write_event
 from .matching import Match
-from .records import Challenge, PaymentKey, PendingSettlement, StoredPayment
+from .records import Challenge, PendingSettlement, StoredPayment
 from .states import ChallengeStatus, check_transition
 
 if TYPE_CHECKING:
@@ -425,17 +425,7 @@ class ChallengeStore:
             lease_seconds,
             limit,
         )
-        return [
-            PendingSettlement(
-                challenge_id=r["challenge_id"],
-                key=PaymentKey(r["chain_id"], r["asset"], r["payer"], r["auth_nonce"]),
-                x402_version=r["x402_version"],
-                payload=r["payload"],
-                requirements=r["requirements"],
-                attempts=r["settle_attempts"],
-            )
-            for r in rows
-        ]
+        return [PendingSettlement.from_record(r) for r in rows]
 
     async def release_lease(
         self,
@@ -560,14 +550,7 @@ class ChallengeStore:
         )
         return [
             StuckPayment(
-                PendingSettlement(
-                    challenge_id=r["challenge_id"],
-                    key=PaymentKey(r["chain_id"], r["asset"], r["payer"], r["auth_nonce"]),
-                    x402_version=r["x402_version"],
-                    payload=r["payload"],
-                    requirements=r["requirements"],
-                    attempts=r["settle_attempts"],
-                ),
+                PendingSettlement.from_record(r),
                 route=r["route"],
                 verified_at=r["verified_at"],
             )

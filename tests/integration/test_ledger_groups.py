@@ -61,7 +61,7 @@ def fake_sign(pairs: list[tuple[SettlementRow, int]]) -> list[SignedTransaction]
 
 async def test_insert_many_stores_each_row_once_and_answers_in_order(ledger: Ledger) -> None:
     existing = new_settlement("0x1111111111111111111111111111111111111111")
-    assert await ledger.insert(existing, lease_owner="a/1", lease_seconds=30) is not None
+    assert (await ledger.insert_many([(existing, "a/1")], lease_seconds=30))[0] is not None
     fresh = [new_settlement(f"0x{i:040x}") for i in range(1, 4)]
     rows = await ledger.insert_many(
         [(fresh[0], "b/1"), (existing, "b/2"), (fresh[1], "b/3"), (fresh[2], "b/4")], lease_seconds=30
@@ -110,10 +110,10 @@ async def test_store_transactions_hands_out_a_run_of_nonces_and_skips_rows_that_
         assert [e["to_status"] for e in events] == ["received", "submitted"]
         assert events[1]["detail"]["signer_nonce"] == tx.nonce
     # The next allocation continues after the run.
-    extra = await ledger.insert(new_settlement("0x" + "9" * 40), lease_owner="x", lease_seconds=30)
+    (extra,) = await ledger.insert_many([(new_settlement("0x" + "9" * 40), "x")], lease_seconds=30)
     assert extra is not None
-    again = await ledger.store_transaction(extra, SIGNER, lambda n: fake_sign([(extra, n)])[0])
-    assert again.nonce == 10
+    (again,) = await ledger.store_transactions([extra], SIGNER, fake_sign)
+    assert isinstance(again, SignedTransaction) and again.nonce == 10
 
 
 async def test_store_transactions_without_a_nonce_row_writes_nothing(ledger: Ledger) -> None:
