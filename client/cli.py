@@ -18,7 +18,14 @@ from shared.evm.address import is_address
 from . import pay_command
 from .keys import DEFAULT_KEY_ENV
 from .pay_report import print_outcome as print_pay_outcome
-from .receipts import TX_HASH, ReceiptReport, ReceiptUnavailable, TokenInfo, verify_receipt
+from .receipts import (
+    TX_HASH,
+    AmbiguousReceipt,
+    ReceiptReport,
+    ReceiptUnavailable,
+    TokenInfo,
+    verify_receipt,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -53,6 +60,12 @@ def _tx_hash(value: str) -> str:
     return value.lower()
 
 
+def _nonce(value: str) -> str:
+    if not TX_HASH.match(value):  # the same shape: 0x and 32 bytes
+        raise argparse.ArgumentTypeError("must be 0x followed by 64 hex digits (an EIP-3009 nonce)")
+    return value.lower()
+
+
 def _address(value: str) -> str:
     if not is_address(value):
         raise argparse.ArgumentTypeError("must be a 0x-prefixed 20-byte address")
@@ -66,8 +79,18 @@ def add_receipt(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
         description="Fetch GET <facilitator>/receipt/<TX_HASH>, check who signed it, then check on chain "
         "that the transaction succeeded in the stated block and moved the stated amount from payer to "
         "payTo. Defaults come from x402-dev's stack.json when present.",
+        epilog="One transaction may carry several payments (a facilitator batches concurrent settlements "
+        "into one Multicall3 transaction). Then name yours with --nonce; without it the command lists the "
+        f"payments' nonces and exits {EXIT_USAGE}.",
     )
     parser.add_argument("tx_hash", type=_tx_hash, metavar="TX_HASH")
+    parser.add_argument(
+        "--nonce",
+        type=_nonce,
+        metavar="NONCE",
+        help="the payment's EIP-3009 authorization nonce (0x + 64 hex digits): which payment of a "
+        "transaction that carries several; the receipt must then be for that nonce",
+    )
     parser.add_argument("--facilitator", metavar="URL", help="facilitator base URL")
     parser.add_argument("--rpc-url", metavar="URL", help="JSON-RPC endpoint of the receipt's chain")
     parser.add_argument(
@@ -92,8 +115,22 @@ def run_receipt(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         report = verify_receipt(
-            args.tx_hash, facilitator_url=facilitator, rpc_url=rpc_url, expected_signer=args.expected_signer
+            args.tx_hash,
+            facilitator_url=facilitator,
+            rpc_url=rpc_url,
+            expected_signer=args.expected_signer,
+            nonce=args.nonce,
         )
+    except AmbiguousReceipt as exc:
+        # Nothing is wrong with the payments: the command has to say which one it means.
+        if args.json:
+            print(
+                orjson.dumps(
+                    {"ok": False, "txHash": args.tx_hash, "error": str(exc), "nonces": exc.nonces}
+                ).decode()
+            )
+        _err(f"receipt: {exc}")
+        return EXIT_USAGE
     except ReceiptUnavailable as exc:
         if args.json:
             print(orjson.dumps({"ok": False, "txHash": args.tx_hash, "error": str(exc)}).decode())
@@ -132,9 +169,12 @@ def report_text(report: ReceiptReport) -> str:
         ("payer", str(r.get("payer"))),
         ("payTo", str(r.get("payTo"))),
         ("token", str(r.get("token"))),
+        ("nonce", str(r.get("nonce"))),
         ("block", block),
         ("confirmations", "-" if report.confirmations is None else str(report.confirmations)),
     ]
+    if r.get("paymentsInTransaction"):
+        rows.append(("batch", f"one of {r['paymentsInTransaction']} payments in this transaction"))
     width = max(len(name) for name, _ in rows)
     check_width = max((len(c.name) for c in report.checks), default=0)
     lines = [f"Receipt for {report.tx_hash} on {r.get('network')} (from {source})"]

@@ -305,7 +305,10 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
         outcome.error = "receipt not verified: the server reported no successful settlement transaction"
         return
     try:
-        report = verify_receipt(settlement.transaction, facilitator_url=facilitator, rpc_url=rpc_url)
+        # Our nonce names our payment: the facilitator may have settled it in a batch with others.
+        report = verify_receipt(
+            settlement.transaction, facilitator_url=facilitator, rpc_url=rpc_url, nonce=payment.nonce
+        )
     except ReceiptUnavailable as exc:
         outcome.exit_code, outcome.error_code = EXIT_UNAVAILABLE, "receipt_unavailable"
         outcome.error = f"receipt: {exc}"

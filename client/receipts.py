@@ -32,6 +32,17 @@ class ReceiptUnavailable(Exception):
     """What the check needs could not be fetched (facilitator or RPC unreachable, unknown hash)."""
 
 
+class AmbiguousReceipt(ReceiptUnavailable):
+    """The transaction carries several payments (a batch) and no nonce said which one is meant."""
+
+    def __init__(self, tx_hash: str, nonces: list[str]) -> None:
+        listed = ", ".join(nonces) or "none listed"
+        super().__init__(
+            f"transaction {tx_hash} carries {len(nonces)} payments; name one with --nonce ({listed})"
+        )
+        self.nonces = nonces
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -66,12 +77,19 @@ class ReceiptReport:
 # -- facilitator ---------------------------------------------------------------------------------------
 
 
-def fetch_document(http: httpx.Client, facilitator_url: str, tx_hash: str) -> dict[str, Any]:
+def fetch_document(
+    http: httpx.Client, facilitator_url: str, tx_hash: str, nonce: str | None = None
+) -> dict[str, Any]:
+    """`nonce` names the payment when the transaction carries several (a batch); without one, the
+    facilitator answers 409 for a batch, with the nonces it carries."""
     url = f"{facilitator_url.rstrip('/')}/receipt/{tx_hash}"
-    answer = _get(http, url)
+    answer = _get(http, url, params={"nonce": nonce} if nonce is not None else None)
     if answer.status_code == 404:
-        raise ReceiptUnavailable(f"the facilitator knows no payment with transaction {tx_hash}")
+        named = f" and nonce {nonce}" if nonce is not None else ""
+        raise ReceiptUnavailable(f"the facilitator knows no payment with transaction {tx_hash}{named}")
     body = _json(answer, url)
+    if answer.status_code == 409 and isinstance(body, dict) and isinstance(body.get("nonces"), list):
+        raise AmbiguousReceipt(tx_hash, [str(n) for n in body["nonces"]])
     if answer.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("receipt"), dict):
         raise ReceiptUnavailable(f"GET {url} answered {answer.status_code}: {answer.text[:200]}")
     return body
@@ -87,9 +105,9 @@ def fetch_receipt_key(http: httpx.Client, facilitator_url: str) -> str:
     return address
 
 
-def _get(http: httpx.Client, url: str) -> httpx.Response:
+def _get(http: httpx.Client, url: str, params: dict[str, str] | None = None) -> httpx.Response:
     try:
-        return http.get(url)
+        return http.get(url, params=params)
     except httpx.HTTPError as exc:
         raise ReceiptUnavailable(f"cannot reach {url}: {exc}") from None
 
@@ -120,7 +138,9 @@ def check_signature(document: dict[str, Any], expected: str, source: str) -> Che
     return Check("signature", True, f"signed by {signer}, the key {source}")
 
 
-def check_document(receipt: dict[str, Any], tx_hash: str) -> list[Check]:
+def check_document(receipt: dict[str, Any], tx_hash: str, nonce: str | None = None) -> list[Check]:
+    """`nonce`: the payment asked for. A batch carries several, so a receipt of the right transaction may
+    still be the receipt of someone else's payment in it."""
     checks = []
     named = str(receipt.get("txHash", ""))
     checks.append(
@@ -130,6 +150,13 @@ def check_document(receipt: dict[str, Any], tx_hash: str) -> list[Check]:
             "transaction hash", False, f"the receipt is for {named or 'no transaction'}, not {tx_hash}"
         )
     )
+    if nonce is not None:
+        got = str(receipt.get("nonce", ""))
+        checks.append(
+            Check("nonce", True, got)
+            if got.lower() == nonce.lower()
+            else Check("nonce", False, f"the receipt is for nonce {got or '(none)'}, not {nonce}")
+        )
     status = receipt.get("status")
     if status == "confirmed":
         checks.append(Check("facilitator status", True, "confirmed"))
@@ -205,7 +232,12 @@ def _int(value: Any) -> int | None:
 
 
 def check_on_chain(rpc: JsonRpc, receipt: dict[str, Any], tx_hash: str) -> tuple[list[Check], int | None]:
-    """The checks, and the confirmations counted from the chain's head (None when not mined)."""
+    """The checks, and the confirmations counted from the chain's head (None when not mined).
+
+    Only the mined receipt's logs prove the payment, never the transaction's `to` or input: a facilitator
+    may send the transfer to the token itself or batch it with others through Multicall3's tryAggregate,
+    where the batch succeeds (status 1) even when one inner transfer fails; then that payment's events are
+    missing and the "events" check fails."""
     checks: list[Check] = []
     expected_chain = _int(receipt.get("chainId"))
     chain_id = _int(rpc.call("eth_chainId", []))
@@ -292,12 +324,15 @@ def verify_receipt(
     facilitator_url: str,
     rpc_url: str,
     expected_signer: str | None = None,
+    nonce: str | None = None,
     timeout: float = 10.0,
 ) -> ReceiptReport:
-    """Fetch the receipt of `tx_hash` and run every check. Raises ReceiptUnavailable when something the
-    checks need cannot be fetched; a receipt that fails a check comes back with report.ok False."""
+    """Fetch the receipt of `tx_hash` (of its payment with EIP-3009 `nonce`, needed when the transaction
+    carries several) and run every check. Raises ReceiptUnavailable when something the checks need cannot
+    be fetched (AmbiguousReceipt when a nonce is needed); a receipt that fails a check comes back with
+    report.ok False."""
     with httpx.Client(timeout=timeout) as http:
-        document = fetch_document(http, facilitator_url, tx_hash)
+        document = fetch_document(http, facilitator_url, tx_hash, nonce)
         report = ReceiptReport(tx_hash, document)
         if expected_signer is not None:
             source = "given by --expected-signer"
@@ -306,7 +341,7 @@ def verify_receipt(
             expected_signer = fetch_receipt_key(http, facilitator_url)
             source = "the facilitator publishes at /receipt-key"
         report.checks.append(check_signature(document, expected_signer, source))
-        report.checks.extend(check_document(report.receipt, tx_hash))
+        report.checks.extend(check_document(report.receipt, tx_hash, nonce))
         rpc = JsonRpc(http, rpc_url)
         chain_checks, report.confirmations = check_on_chain(rpc, report.receipt, tx_hash)
         report.checks.extend(chain_checks)

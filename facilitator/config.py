@@ -53,6 +53,8 @@ class NetworkSettings(BaseModel):
     # The reconciler replaces a transaction pending this long (or at once when its fee cap is under the
     # base fee) with the same nonce and 12.5 % higher fees, within max_fee_per_gas_gwei.
     replace_after_seconds: float = Field(default=30.0, gt=0)
+    # Concurrent plain transfers share one Multicall3 transaction, up to this many (1 = one transaction each).
+    max_batch_transfers: int = Field(default=50, ge=1, le=300)
     confirmations: int = 1
     eip6492_factories: list[str] = Field(
         default_factory=list

@@ -1,11 +1,15 @@
 """`GET /receipt/{txHash}`: what a client needs to trust a payment, from the ledger or, for transfers this
-facilitator did not send, from the chain; signed with the facilitator's receipt key."""
+facilitator did not send, from the chain; signed with the facilitator's receipt key.
+
+One transaction may carry several payments (a Multicall3 `tryAggregate` batch), so a payment is named by the
+transaction hash and its EIP-3009 nonce; the nonce may be left out when the transaction carries only one."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_abi.abi import decode
 
@@ -13,7 +17,7 @@ from shared.evm import calls
 from shared.evm.address import normalize_address
 from shared.rpc.errors import RpcError, RpcUnavailable
 from shared.rpc.eth import to_int
-from shared.tokens import TokenRegistry
+from shared.tokens import Token, TokenRegistry
 
 from .runtime import NetworkRuntime
 from .settlement.ledger import Ledger, SettlementRow
@@ -21,6 +25,18 @@ from .settlement.receipt_checks import receipt_succeeded, transfer_matches
 from .settlement.states import Status
 
 TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+NONCE = re.compile(r"^0x[0-9a-fA-F]{64}$")  # an EIP-3009 authorization nonce (bytes32)
+
+P = TypeVar("P")
+
+
+class AmbiguousReceipt(Exception):
+    """The transaction carries several payments and no nonce named one (HTTP 409, with their nonces)."""
+
+    def __init__(self, nonces: list[str]) -> None:
+        super().__init__(f"this transaction carries {len(nonces)} payments; name one with ?nonce=0x...")
+        self.nonces = nonces
+
 
 _AUTH_TYPES_VRS = [
     "address",
@@ -46,8 +62,18 @@ def _confirmations(block_number: int | None, head: int | None) -> int:
     return max(head - block_number + 1, 0)
 
 
+def select_payment(payments: Sequence[tuple[str, P]], nonce: str | None) -> P | None:
+    """The payment a request names among a transaction's (nonce, payment) pairs: the one of `nonce`, or
+    without a nonce the only one. None when there is none; AmbiguousReceipt when only a nonce could say."""
+    if nonce is not None:
+        return next((p for n, p in payments if n.lower() == nonce.lower()), None)
+    if len(payments) > 1:
+        raise AmbiguousReceipt([n for n, _ in payments])
+    return payments[0][1] if payments else None
+
+
 def receipt_from_row(
-    row: SettlementRow, tx_hash: str, head: int | None, network: NetworkRuntime
+    row: SettlementRow, tx_hash: str, head: int | None, network: NetworkRuntime, carried: int = 1
 ) -> dict[str, Any]:
     status = {Status.CONFIRMED: "confirmed", Status.FAILED: "failed"}.get(row.status, "pending")
     doc: dict[str, Any] = {
@@ -69,6 +95,8 @@ def receipt_from_row(
         "submittedAt": _iso(row.submitted_at),
         "finalizedAt": _iso(row.finalized_at),
         "errorReason": row.error_reason,
+        # Only for a batch: a single-payment document stays exactly what it was before batching.
+        "paymentsInTransaction": carried if carried > 1 else None,
     }
     if row.tx_hash and row.tx_hash.lower() != tx_hash.lower():
         # A dropped transaction of this settlement: point at the one that carries it now.
@@ -96,28 +124,62 @@ def decode_transfer_input(data: bytes) -> dict[str, Any] | None:
     }
 
 
+def batch_calls(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The (target, calldata) calls of a Multicall3 `tryAggregate` input; None for any other input."""
+    if data[:4] != calls.TRY_AGGREGATE:
+        return None
+    try:
+        _, inner = decode(["bool", "(address,bytes)[]"], data[4:])
+    except Exception:
+        return None
+    return [(normalize_address(target), bytes(calldata)) for target, calldata in inner]
+
+
+def transfers_in_transaction(
+    to: str, data: bytes, token_at: Callable[[str], Token | None]
+) -> list[tuple[Token, dict[str, Any]]]:
+    """The EIP-3009 transfers of configured tokens a transaction makes, in call order: one sent straight to
+    the token, or the calls of a Multicall3 `tryAggregate` (a batch, or an ERC-6492 deployment and its
+    transfer). Other calls of a batch (a wallet deployment, anything else) are not payments: skipped."""
+    is_batch = to.lower() == calls.MULTICALL3_ADDRESS.lower()
+    inner = (batch_calls(data) or []) if is_batch else [(to, data)]
+    found = []
+    for target, calldata in inner:
+        token = token_at(target)
+        decoded = decode_transfer_input(calldata) if token is not None else None
+        if token is not None and decoded is not None:
+            found.append((token, decoded))
+    return found
+
+
 class ReceiptService:
     def __init__(self, ledger: Ledger, networks: dict[int, NetworkRuntime], registry: TokenRegistry) -> None:
         self.ledger = ledger
         self.networks = networks
         self.registry = registry
 
-    async def lookup(self, tx_hash: str) -> dict[str, Any] | None:
+    async def lookup(self, tx_hash: str, nonce: str | None = None) -> dict[str, Any] | None:
+        """The receipt of the payment `nonce` names in the transaction (or of its only payment); None when
+        there is no such payment. Raises AmbiguousReceipt for a batch without a nonce."""
         tx_hash = tx_hash.lower()
-        row = await self.ledger.get_by_tx_hash(tx_hash)
-        if row is not None:
-            network = self.networks.get(row.key.chain_id)
-            if network is None:
+        rows = await self.ledger.rows_by_tx_hash(tx_hash)
+        if rows:
+            # A transaction the ledger stored carries exactly its rows: no need to ask the chain.
+            row = select_payment([(r.key.auth_nonce, r) for r in rows], nonce)
+            network = self.networks.get(row.key.chain_id) if row is not None else None
+            if row is None or network is None:
                 return None
             head = await _head(network)
-            return receipt_from_row(row, tx_hash, head, network)
+            return receipt_from_row(row, tx_hash, head, network, carried=len(rows))
         for network in self.networks.values():
-            found = await self._from_chain(network, tx_hash)
+            found = await self._from_chain(network, tx_hash, nonce)
             if found is not None:
                 return found
         return None
 
-    async def _from_chain(self, network: NetworkRuntime, tx_hash: str) -> dict[str, Any] | None:
+    async def _from_chain(
+        self, network: NetworkRuntime, tx_hash: str, nonce: str | None
+    ) -> dict[str, Any] | None:
         try:
             tx, receipt = await network.rpc.batch(
                 [("eth_getTransactionByHash", [tx_hash]), ("eth_getTransactionReceipt", [tx_hash])]
@@ -126,12 +188,15 @@ class ReceiptService:
             return None
         if not isinstance(tx, dict) or not tx.get("to"):
             return None
-        token = self.registry.get(network.chain_id, str(tx["to"]))
-        if token is None:
+        transfers = transfers_in_transaction(
+            str(tx["to"]),
+            bytes.fromhex(str(tx.get("input", "0x"))[2:]),
+            lambda address: self.registry.get(network.chain_id, address),
+        )
+        found = select_payment([(d["nonce"], (t, d)) for t, d in transfers], nonce)
+        if found is None:
             return None
-        decoded = decode_transfer_input(bytes.fromhex(str(tx.get("input", "0x"))[2:]))
-        if decoded is None:
-            return None
+        token, decoded = found
         doc: dict[str, Any] = {
             "txHash": tx_hash,
             "source": "chain",
@@ -140,11 +205,15 @@ class ReceiptService:
             "token": token.address,
             **{k: (str(v) if k == "amount" else v) for k, v in decoded.items()},
         }
+        if len(transfers) > 1:
+            doc["paymentsInTransaction"] = len(transfers)
         if not isinstance(receipt, dict):
             doc["status"] = "pending"
             doc["confirmations"] = 0
             return doc
         block_number = to_int(receipt["blockNumber"])
+        # The logs decide, not the transaction's status alone: a batch succeeds even when an inner
+        # transfer fails, and then only that transfer's AuthorizationUsed and Transfer logs are missing.
         ok = (
             receipt_succeeded(receipt)
             and transfer_matches(

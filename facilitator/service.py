@@ -175,8 +175,10 @@ class Facilitator:
             signers.extend(rt.signers.addresses)
         return SupportedResponse(kinds=kinds, extensions=[], signers={"eip155:*": signers})
 
-    async def receipt(self, tx_hash: str) -> dict[str, Any] | None:
-        doc = await self.receipts.lookup(tx_hash)
+    async def receipt(self, tx_hash: str, nonce: str | None = None) -> dict[str, Any] | None:
+        """The signed receipt of the payment `tx_hash` carries (the one with EIP-3009 `nonce` for a batch);
+        raises AmbiguousReceipt for a batch without a nonce."""
+        doc = await self.receipts.lookup(tx_hash, nonce)
         if doc is None:
             return None
         if self._receipt_key is None:

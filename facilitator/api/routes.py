@@ -16,7 +16,7 @@ from shared.x402.models import SettleResponse, VerifyResponse, WireModel
 
 from ..exact_evm.payment import Rejected
 from ..health import readiness
-from ..receipts import TX_HASH
+from ..receipts import NONCE, TX_HASH, AmbiguousReceipt
 from ..service import Facilitator, NetworkUnavailable
 from ..wire import BadRequest, network_hint, parse_request
 
@@ -100,16 +100,33 @@ async def supported(request: Request) -> Response:
     return _wire(_facilitator(request).supported())
 
 
+def receipt_nonce(values: list[str]) -> tuple[str | None, str | None]:
+    """The `nonce` query parameter of GET /receipt, or the 400 message that says what is wrong with it."""
+    if not values:
+        return None, None
+    if len(values) > 1:
+        return None, "give one nonce, not several"
+    if not NONCE.match(values[0]):
+        return None, "nonce must be 0x followed by 64 hex digits (the payment's EIP-3009 authorization nonce)"
+    return values[0].lower(), None
+
+
 async def receipt(request: Request) -> Response:
     tx_hash = request.path_params["tx_hash"]
     if not TX_HASH.match(tx_hash):
         return _error(400, "txHash must be 0x followed by 64 hex digits")
+    nonce, problem = receipt_nonce(request.query_params.getlist("nonce"))
+    if problem is not None:
+        return _error(400, problem)
     try:
-        doc = await _facilitator(request).receipt(tx_hash)
+        doc = await _facilitator(request).receipt(tx_hash, nonce)
+    except AmbiguousReceipt as exc:
+        return _error(409, str(exc), nonces=exc.nonces)
     except NetworkUnavailable as exc:
         return _error(503, str(exc))
     if doc is None:
-        return _error(404, "no EIP-3009 transfer of a configured token with this hash")
+        what = "with this hash" if nonce is None else "with this hash and nonce"
+        return _error(404, f"no EIP-3009 transfer of a configured token {what}")
     return OrjsonResponse(doc)
 
 

@@ -113,7 +113,7 @@ class Confirmation:
 @dataclass(frozen=True, slots=True)
 class StoredTransaction:
     tx_hash: str
-    settlement_id: int
+    settlement_ids: tuple[int, ...]  # one for a lone transfer, several for a batch
     chain_id: int
     signer: str
     signer_nonce: int
@@ -126,7 +126,7 @@ class StoredTransaction:
     def from_record(cls, r: asyncpg.Record) -> StoredTransaction:
         return cls(
             r["tx_hash"],
-            r["settlement_id"],
+            tuple(r["settlement_ids"]),
             r["chain_id"],
             r["signer"],
             r["signer_nonce"],
@@ -143,6 +143,11 @@ class SignedTransaction:
     raw_tx: bytes
     nonce: int
     max_fee_per_gas: int
+
+
+# The settlement ids a transaction carries, next to its columns.
+_MEMBERS = """(SELECT array_agg(x.settlement_id ORDER BY x.settlement_id)
+                FROM settlement_transaction_members x WHERE x.tx_hash = t.tx_hash) AS settlement_ids"""
 
 
 class Ledger:
@@ -229,17 +234,20 @@ class Ledger:
         r = await self.pool.fetchrow("SELECT * FROM settlements WHERE id=$1", settlement_id)
         return SettlementRow.from_record(r) if r else None
 
-    async def get_by_tx_hash(self, tx_hash: str) -> SettlementRow | None:
-        r = await self.pool.fetchrow(
-            """SELECT s.* FROM settlements s JOIN settlement_transactions t ON t.settlement_id = s.id
-               WHERE t.tx_hash = $1""",
+    async def rows_by_tx_hash(self, tx_hash: str) -> list[SettlementRow]:
+        """The settlements a stored transaction carries: one, or several for a batch."""
+        records = await self.pool.fetch(
+            """SELECT s.* FROM settlements s JOIN settlement_transaction_members m ON m.settlement_id = s.id
+               WHERE m.tx_hash = $1 ORDER BY s.id""",
             tx_hash.lower(),
         )
-        return SettlementRow.from_record(r) if r else None
+        return [SettlementRow.from_record(r) for r in records]
 
     async def transactions(self, settlement_id: int) -> list[StoredTransaction]:
         rows = await self.pool.fetch(
-            "SELECT * FROM settlement_transactions WHERE settlement_id=$1 ORDER BY created_at, replacement",
+            f"""SELECT t.*, {_MEMBERS} FROM settlement_transactions t
+                JOIN settlement_transaction_members m ON m.tx_hash = t.tx_hash
+                WHERE m.settlement_id = $1 ORDER BY t.created_at, t.replacement""",
             settlement_id,
         )
         return [StoredTransaction.from_record(r) for r in rows]
@@ -248,46 +256,58 @@ class Ledger:
         self, previous: StoredTransaction, signed: SignedTransaction
     ) -> StoredTransaction | None:
         """Stores a transaction that replaces `previous` (same signer nonce, higher fees) as the one its
-        settlement now expects; None when the settlement is no longer submitted."""
+        settlements now expect. None when none of them still expects `previous`, or when another process
+        has replaced it already."""
         async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.fetchval(
-                "SELECT status FROM settlements WHERE id = $1 FOR UPDATE", previous.settlement_id
-            )
-            if status != Status.SUBMITTED.value:
+            waiting = [
+                r["id"]
+                for r in await conn.fetch(
+                    """SELECT id FROM settlements WHERE id = ANY($1::bigint[]) AND status = 'submitted'
+                       AND tx_hash = $2 ORDER BY id FOR UPDATE""",
+                    list(previous.settlement_ids),
+                    previous.tx_hash,
+                )
+            ]
+            if not waiting:
                 return None
-            replacement = await conn.fetchval(
-                """SELECT max(replacement) + 1 FROM settlement_transactions
+            latest = await conn.fetchval(
+                """SELECT max(replacement) FROM settlement_transactions
                    WHERE chain_id = $1 AND signer = $2 AND signer_nonce = $3""",
                 previous.chain_id,
                 previous.signer,
                 previous.signer_nonce,
             )
+            if latest != previous.replacement:
+                return None
             record = await conn.fetchrow(
                 """
                 WITH t AS (
-                    INSERT INTO settlement_transactions (tx_hash, settlement_id, chain_id, signer,
-                        signer_nonce, raw_tx, max_fee_per_gas, replacement)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
+                        max_fee_per_gas, replacement)
+                    VALUES ($1, $3, $4, $5, $6, $7, $8)
                     RETURNING *
+                ), m AS (
+                    INSERT INTO settlement_transaction_members (tx_hash, settlement_id)
+                    SELECT $1, unnest($2::bigint[])
                 ), u AS (
                     UPDATE settlements SET tx_hash = $1, attempts = attempts + 1, updated_at = now()
-                    WHERE id = $2
+                    WHERE id = ANY($2::bigint[])
                 ), ev AS (
                     INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
-                    VALUES ($2, 'submitted', 'submitted',
-                            jsonb_build_object('tx_hash', $1::text, 'replaces', $9::text,
-                                               'signer_nonce', $5::bigint, 'max_fee_per_gas', $7::text))
+                    SELECT unnest($2::bigint[]), 'submitted', 'submitted',
+                           jsonb_build_object('tx_hash', $1::text, 'replaces', $9::text,
+                                              'signer_nonce', $5::bigint, 'max_fee_per_gas', $7::text)
                 )
-                SELECT * FROM t
+                SELECT t.*, $2::bigint[] AS settlement_ids FROM t
                 """,
                 signed.tx_hash,
-                previous.settlement_id,
+                waiting,
                 previous.chain_id,
                 previous.signer,
                 previous.signer_nonce,
                 signed.raw_tx,
                 signed.max_fee_per_gas,
-                replacement,
+                latest + 1,
                 previous.tx_hash,
             )
         assert record is not None
@@ -306,14 +326,16 @@ class Ledger:
 
     async def store_transactions(
         self,
-        rows: Sequence[SettlementRow],
+        units: Sequence[Sequence[SettlementRow]],
         signer: str,
-        sign: Callable[[list[tuple[SettlementRow, int]]], list[SignedTransaction]],
+        sign: Callable[[list[tuple[list[SettlementRow], int]]], list[SignedTransaction]],
     ) -> list[SignedTransaction | Exception]:
-        """One database transaction locks the rows, allocates a run of consecutive nonces of one signer and
-        stores every signed transaction, so no nonce is ever handed out without bytes that can be
-        (re)broadcast for it. A row whose status forbids the move gets its IllegalTransition in its slot
-        and no nonce."""
+        """One database transaction locks the rows, allocates a run of consecutive nonces of one signer (one
+        per unit: a unit of several rows is a batch that one transaction carries) and stores every signed
+        transaction, so no nonce is ever handed out without bytes that can be (re)broadcast for it. Answers
+        per row, units flattened in order: its transaction, or the IllegalTransition of a row whose status
+        forbids the move (it leaves its unit and gets no transaction)."""
+        rows = [row for unit in units for row in unit]
         ids = [r.id for r in rows]
         async with (
             span("db.settlement.store_transactions", rows=len(rows)),
@@ -329,42 +351,54 @@ class Ledger:
                     ids,
                 )
             }
-            results: list[SignedTransaction | Exception | None] = []
-            movable: list[SettlementRow] = []
-            for row in rows:
-                current = statuses.get(row.id)
-                if current is None:
-                    results.append(RuntimeError(f"settlement {row.id} does not exist"))
-                elif (current, Status.SUBMITTED) not in ALLOWED:
-                    results.append(IllegalTransition(f"settlement cannot go from {current} to submitted"))
-                else:
-                    results.append(None)
-                    movable.append(row)
-            if not movable:
-                return [r for r in results if r is not None]
+            refused: dict[int, Exception] = {}
+            movable_units: list[list[SettlementRow]] = []
+            for unit in units:
+                movable: list[SettlementRow] = []
+                for row in unit:
+                    current = statuses.get(row.id)
+                    if current is None:
+                        refused[row.id] = RuntimeError(f"settlement {row.id} does not exist")
+                    elif (current, Status.SUBMITTED) not in ALLOWED:
+                        refused[row.id] = IllegalTransition(
+                            f"settlement cannot go from {current} to submitted"
+                        )
+                    else:
+                        movable.append(row)
+                if movable:
+                    movable_units.append(movable)
+            if not movable_units:
+                return [refused[r.id] for r in rows]
             # The nonce row stays locked until commit: allocations of one signer are serialised
             # across replicas, and a run of nonces is handed out whole.
             first = await conn.fetchval(
                 """UPDATE signer_nonces SET next_nonce = next_nonce + $3
                    WHERE chain_id = $1 AND address = $2 RETURNING next_nonce - $3""",
-                movable[0].key.chain_id,
+                rows[0].key.chain_id,
                 signer,
-                len(movable),
+                len(movable_units),
             )
             if first is None:
                 raise RuntimeError(f"signer {signer} has no nonce row; sync_signer_nonce first")
-            nonces = list(range(first, first + len(movable)))
-            signed = sign(list(zip(movable, nonces, strict=True)))
+            nonces = list(range(first, first + len(movable_units)))
+            signed = sign(list(zip(movable_units, nonces, strict=True)))
+            by_row: dict[int, SignedTransaction] = {}
+            for unit, tx in zip(movable_units, signed, strict=True):
+                for row in unit:
+                    by_row[row.id] = tx
             await conn.execute(
                 """
-                WITH v AS (
-                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[],
-                                         $5::numeric[], $6::text[])
-                        AS v(tx_hash, settlement_id, signer_nonce, raw_tx, max_fee_per_gas, from_status)
-                ), t AS (
-                    INSERT INTO settlement_transactions (tx_hash, settlement_id, chain_id, signer,
-                        signer_nonce, raw_tx, max_fee_per_gas)
-                    SELECT tx_hash, settlement_id, $7, $8, signer_nonce, raw_tx, max_fee_per_gas FROM v
+                WITH t AS (
+                    INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
+                        max_fee_per_gas)
+                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[],
+                                         $6::numeric[])
+                ), v AS (
+                    SELECT * FROM unnest($7::bigint[], $8::text[], $9::text[], $10::bigint[])
+                        AS v(settlement_id, tx_hash, from_status, signer_nonce)
+                ), m AS (
+                    INSERT INTO settlement_transaction_members (tx_hash, settlement_id)
+                    SELECT tx_hash, settlement_id FROM v
                 ), u AS (
                     UPDATE settlements s SET status = 'submitted', tx_hash = v.tx_hash,
                         attempts = attempts + 1, submitted_at = COALESCE(submitted_at, now()),
@@ -373,21 +407,22 @@ class Ledger:
                 )
                 INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
                 SELECT settlement_id, from_status, 'submitted',
-                       jsonb_build_object('tx_hash', tx_hash, 'signer', $8::text,
+                       jsonb_build_object('tx_hash', tx_hash, 'signer', ($3::text[])[1],
                                           'signer_nonce', signer_nonce)
                 FROM v
                 """,
-                [s.tx_hash for s in signed],
-                [r.id for r in movable],
+                [tx.tx_hash for tx in signed],
+                [rows[0].key.chain_id] * len(signed),
+                [signer] * len(signed),
                 nonces,
-                [s.raw_tx for s in signed],
-                [s.max_fee_per_gas for s in signed],
-                [statuses[r.id].value for r in movable],
-                movable[0].key.chain_id,
-                signer,
+                [tx.raw_tx for tx in signed],
+                [tx.max_fee_per_gas for tx in signed],
+                list(by_row),
+                [tx.tx_hash for tx in by_row.values()],
+                [statuses[i].value for i in by_row],
+                [tx.nonce for tx in by_row.values()],
             )
-        it = iter(signed)
-        return [next(it) if r is None else r for r in results]
+        return [refused.get(r.id) or by_row[r.id] for r in rows]
 
     async def rewind_unused_nonce(self, chain_id: int, signer: str, nonce: int, tx_hash: str) -> bool:
         """Undo an allocation whose transaction the node refused, if no later nonce was handed out."""

@@ -152,7 +152,7 @@ async def _speed_up(
     if fees is None or signer is None:
         log.warning(
             "settlement_stuck",
-            settlement_id=current.settlement_id,
+            settlement_ids=list(current.settlement_ids),
             tx_hash=current.tx_hash,
             reason="fee cap reached" if signer is not None else "signer key no longer configured",
         )
@@ -169,7 +169,7 @@ async def _speed_up(
     if stored is not None:
         log.info(
             "settlement_sped_up",
-            settlement_id=current.settlement_id,
+            settlement_ids=list(current.settlement_ids),
             replaces=current.tx_hash,
             tx_hash=stored.tx_hash,
             max_fee_per_gas=fees.max_fee_per_gas,

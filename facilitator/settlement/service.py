@@ -28,7 +28,7 @@ from .receipt_checks import receipt_succeeded, transfer_matches
 from .recent import RecentVerifications
 from .signers import Signer
 from .states import Status
-from .submitter import Submission, Submitter
+from .submitter import Broadcast, Submission, Submitter
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,10 @@ class SettlementService:
         self._local: dict[SettlementKey, asyncio.Future[SettleResponse]] = {}
         self._recent = RecentVerifications(verify_reuse_seconds)
         self.submitters = {
-            chain_id: Submitter(ledger, rt.eth, rt.signers, chain_id) for chain_id, rt in networks.items()
+            chain_id: Submitter(
+                ledger, rt.eth, rt.signers, chain_id, max_batch=rt.settings.max_batch_transfers
+            )
+            for chain_id, rt in networks.items()
         }
         # Concurrent settlements are stored together: one commit for every row that arrives meanwhile.
         self._inserts: Coalescer[tuple[NewSettlement, str], SettlementRow | None] = Coalescer(
@@ -238,8 +241,19 @@ class SettlementService:
         attempt: str,
         wait: float | None = None,
     ) -> SettleResponse:
+        timeout = network.settings.receipt_timeout_seconds if wait is None else max(wait, 0.0)
         try:
-            signed, signer = await self._submit(row, verified, network)
+            sent = await self._submit(row, verified, network)
+        except _BatchRefused as exc:
+            # The node refused the batch this settlement rode in: resolve it from the chain like any
+            # settlement whose transaction went missing (resent alone if its nonce was taken meanwhile).
+            network.signers.release(exc.sent.signer)
+            fresh = await self.ledger.get(row.id)
+            assert fresh is not None
+            resolved = await self.reconcile(fresh, attempt=attempt, wait=timeout)
+            if not resolved.status.terminal:
+                await self.ledger.release(row.id, attempt)  # as with any pending answer: hand it over
+            return response_for(resolved)
         except _SubmitFailed as exc:
             failed = await self.ledger.finish(
                 row.id,
@@ -249,11 +263,11 @@ class SettlementService:
                 tx_hash="" if exc.clear_tx else None,
             )
             return response_for(failed)
-        timeout = network.settings.receipt_timeout_seconds if wait is None else max(wait, 0.0)
+        signed = sent.signed
         try:
             receipt = await network.watcher.wait(signed.tx_hash, timeout)
         finally:
-            network.signers.release(signer)
+            network.signers.release(sent.signer)
         if receipt is None:
             log.info("settlement_pending", settlement_id=row.id, tx_hash=signed.tx_hash)
             # Hand the row over now rather than when the lease lapses: a repeat settle or the reconciler
@@ -262,13 +276,15 @@ class SettlementService:
             pending = await self.ledger.get(row.id)
             assert pending is not None
             return response_for(pending)
-        network.gas.observe(verified, int(receipt.get("gasUsed", "0x0"), 16))
+        if sent.carries == 1:  # a batch's gas is the whole batch's, not this transfer's
+            network.gas.observe(verified, int(receipt.get("gasUsed", "0x0"), 16))
         return response_for(await self.finalize(row, receipt, signed.tx_hash))
 
     async def _submit(
         self, row: SettlementRow, verified: VerifiedPayment, network: NetworkRuntime
-    ) -> tuple[SignedTransaction, Signer]:
-        """Stores and broadcasts one transaction; the caller owns releasing the signer."""
+    ) -> Broadcast:
+        """Stores and broadcasts this settlement's transaction (maybe a batch); the caller owns releasing
+        the signer."""
         try:
             gas_limit = await network.gas.limit_for(verified, network.signers.addresses[0])
         except RpcError as exc:
@@ -285,15 +301,20 @@ class SettlementService:
         caught_up: set[str] = set()
         while True:
             if sent.refused is None:
-                return sent.signed, sent.signer
+                return sent
             signer, refused = sent.signer, sent.refused
             log.warning(
                 "broadcast_refused", settlement_id=row.id, signer=signer.address, error=refused.message
             )
+            if sent.carries > 1:
+                if _nonce_too_low(refused):
+                    chain_nonce = await network.eth.get_transaction_count(signer.address, "pending")
+                    await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
+                raise _BatchRefused(sent)
             if not await self._undo_refused(network, signer, sent.signed, refused):
                 # Later nonces of this key are out: leaving a hole would stall them, so the stored
                 # transaction stays and the reconciler keeps re-broadcasting it.
-                return sent.signed, sent.signer
+                return sent
             network.signers.release(signer)
             if _nonce_too_low(refused) and signer.address not in caught_up:
                 caught_up.add(signer.address)  # its nonce now follows the chain: the key may go again
@@ -347,6 +368,16 @@ class SettlementService:
             amount=row.amount,
             auth_nonce=row.key.auth_nonce,
         )
+        if mismatch and str(receipt.get("to") or "").lower() != row.key.token.lower():
+            # Sent through Multicall3 (a batch, or a wallet deployment): the transfer failed inside a
+            # transaction that itself succeeded.
+            return await self.ledger.finish(
+                row.id,
+                Status.FAILED,
+                error_reason=reasons.TRANSACTION_FAILED,
+                error_message=f"transferWithAuthorization failed inside transaction {tx_hash} ({mismatch})",
+                **common,
+            )
         if mismatch:
             return await self.ledger.finish(
                 row.id,
@@ -374,6 +405,12 @@ class SettlementService:
         from .reconciler import reconcile_row
 
         return await reconcile_row(self, row, attempt=attempt, wait=wait)
+
+
+class _BatchRefused(Exception):
+    def __init__(self, sent: Broadcast) -> None:
+        super().__init__(str(sent.refused))
+        self.sent = sent
 
 
 class _SubmitFailed(Exception):

@@ -1,19 +1,22 @@
 """Stores and broadcasts settlement transactions in groups, one submitter per network.
 
 Settlements that reach the send step while a group is being stored and sent wait and go together as the
-next group: one database transaction allocates a run of consecutive nonces from one signer key and stores
-every signed transaction (ledger first), then all of them are broadcast at once. Under load that turns a
-commit and a lone block per settlement into one commit per group and blocks that carry many transfers; a
-settlement that arrives alone goes at once."""
+next group: one database transaction allocates nonces from one signer key and stores the signed
+transactions (ledger first), then they are broadcast. The plain transfers of a group share one
+transaction (see batching.py); under load that turns a commit, a nonce and a block per settlement into one
+per group, while a settlement that arrives alone goes at once, as the transfer itself."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from shared.coalescer import Coalescer
+from shared.evm import calls
 from shared.rpc.errors import RpcError, RpcUnavailable
 from shared.rpc.eth import Eth
 
+from .batching import plan_units, transaction_for
 from .ledger import Ledger, SettlementRow, SignedTransaction
 from .signers import FeeQuote, Signer, SignerPool
 
@@ -26,6 +29,17 @@ class Submission:
     gas: int
     fees: FeeQuote
 
+    @property
+    def token(self) -> str:
+        return self.row.key.token
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    signed: SignedTransaction
+    signer: Signer
+    carries: int  # settlements in the transaction: 1, or the batch size
+
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
@@ -34,6 +48,7 @@ class Broadcast:
 
     signed: SignedTransaction
     signer: Signer
+    carries: int
     refused: RpcError | None
 
 
@@ -46,71 +61,105 @@ class Submitter:
         chain_id: int,
         *,
         max_group: int = 100,
+        max_batch: int = 1,
     ) -> None:
         self.ledger = ledger
         self.eth = eth
         self.signers = signers
         self.chain_id = chain_id
+        self.max_batch = max_batch
+        self._multicall_deployed: bool | None = None
+        self._sending: dict[str, asyncio.Future[RpcError | None]] = {}
         # Groups of different signers may commit together; groups of one signer queue on its nonce row.
-        self._groups: Coalescer[Submission, tuple[SignedTransaction, Signer]] = Coalescer(
+        self._groups: Coalescer[Submission, Stored] = Coalescer(
             self._flush, max_batch=max_group, max_concurrent=min(len(signers.signers), 2)
         )
 
     async def submit(self, submission: Submission) -> Broadcast:
         """Stores (in a group) and broadcasts with whichever signer the group gets. The signer is acquired
         for the caller, who releases it once the transaction is resolved."""
-        signed, signer = await self._groups.submit(submission)
-        # Each caller broadcasts its own transaction the moment the group commits, so the next group's
-        # commit overlaps these sends; a node holds a nonce that arrives early until the gap fills.
-        return await self._broadcast(signed, signer)
+        stored = await self._groups.submit(submission)
+        # Broadcast the moment the group commits, so the next group's commit overlaps these sends; a node
+        # holds a nonce that arrives early until the gap fills.
+        return await self._broadcast(stored)
 
     async def submit_as(self, submission: Submission, signer: Signer) -> Broadcast:
-        """A group of one with a chosen signer: retries after a refusal must avoid the keys that failed."""
-        (result,) = await self._store([submission], signer)
+        """A transaction of its own with a chosen signer: a retry after a refusal avoids the failed keys."""
+        (result,) = await self._store([[submission]], signer)
         if isinstance(result, Exception):
             raise result
-        return await self._broadcast(*result)
+        return await self._broadcast(result)
 
-    async def _flush(self, group: list[Submission]) -> list[tuple[SignedTransaction, Signer] | Exception]:
-        return await self._store(group, self.signers.pick())
+    async def _flush(self, group: list[Submission]) -> list[Stored | Exception]:
+        max_batch = self.max_batch if len(group) > 1 and await self._can_batch() else 1
+        units = plan_units(group, max_batch=max_batch)
+        stored = await self._store(units, self.signers.pick())
+        by_id = {s.row.id: r for s, r in zip([s for u in units for s in u], stored, strict=True)}
+        return [by_id[s.row.id] for s in group]
 
-    async def _store(
-        self, group: list[Submission], signer: Signer
-    ) -> list[tuple[SignedTransaction, Signer] | Exception]:
-        by_id = {s.row.id: s for s in group}
+    async def _can_batch(self) -> bool:
+        """Batches need Multicall3 where public chains have it; a chain without it settles one by one."""
+        if self.max_batch <= 1:
+            return False
+        if self._multicall_deployed is None:
+            try:
+                self._multicall_deployed = bool(await self.eth.get_code(calls.MULTICALL3_ADDRESS))
+            except (RpcError, RpcUnavailable):
+                return False
+        return self._multicall_deployed
 
-        def sign(pairs: list[tuple[SettlementRow, int]]) -> list[SignedTransaction]:
-            return [
-                signer.sign_call(
-                    chain_id=self.chain_id,
-                    nonce=nonce,
-                    to=by_id[row.id].to,
-                    data=by_id[row.id].calldata,
-                    gas=by_id[row.id].gas,
-                    fees=by_id[row.id].fees,
+    async def _store(self, units: list[list[Submission]], signer: Signer) -> list[Stored | Exception]:
+        by_id = {s.row.id: s for unit in units for s in unit}
+
+        def sign(pairs: list[tuple[list[SettlementRow], int]]) -> list[SignedTransaction]:
+            out = []
+            for rows, nonce in pairs:
+                call = transaction_for([by_id[row.id] for row in rows])
+                out.append(
+                    signer.sign_call(
+                        chain_id=self.chain_id,
+                        nonce=nonce,
+                        to=call.to,
+                        data=call.data,
+                        gas=call.gas,
+                        fees=call.fees,
+                    )
                 )
-                for row, nonce in pairs
-            ]
+            return out
 
-        for _ in group:
+        rows = [[s.row for s in unit] for unit in units]
+        count = len(by_id)
+        for _ in range(count):
             self.signers.acquire(signer)
         try:
-            stored = await self.ledger.store_transactions([s.row for s in group], signer.address, sign)
+            results = await self.ledger.store_transactions(rows, signer.address, sign)
         except BaseException:
-            for _ in group:
+            for _ in range(count):
                 self.signers.release(signer)
             raise
-        out: list[tuple[SignedTransaction, Signer] | Exception] = []
-        for result in stored:
+        carries: dict[str, int] = {}
+        for result in results:
+            if not isinstance(result, Exception):
+                carries[result.tx_hash] = carries.get(result.tx_hash, 0) + 1
+        out: list[Stored | Exception] = []
+        for result in results:
             if isinstance(result, Exception):
                 self.signers.release(signer)
                 out.append(result)
             else:
-                out.append((result, signer))
+                out.append(Stored(result, signer, carries[result.tx_hash]))
         return out
 
-    async def _broadcast(self, signed: SignedTransaction, signer: Signer) -> Broadcast:
-        return Broadcast(signed, signer, await self._send(signed))
+    async def _broadcast(self, stored: Stored) -> Broadcast:
+        # The settlements of a batch share one send.
+        tx_hash = stored.signed.tx_hash
+        sending = self._sending.get(tx_hash)
+        if sending is None:
+            sending = asyncio.ensure_future(self._send(stored.signed))
+            self._sending[tx_hash] = sending
+            sending.add_done_callback(lambda _: self._sending.pop(tx_hash, None))
+        refused = await asyncio.shield(sending)
+        return Broadcast(stored.signed, stored.signer, stored.carries, refused)
 
     async def _send(self, signed: SignedTransaction) -> RpcError | None:
         try:

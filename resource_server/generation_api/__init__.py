@@ -17,7 +17,9 @@ Endpoints (`x402-resource-server serve` mounts them next to /pricing, /quote, /a
                                      job's 202 again, with Idempotent-Replayed: true; nothing new is created
   GET  /jobs/{id}                    status, progress, status_text, timings, result + signed result link,
                                      failure {category, code, message, step}, notices, payment {challenge_id,
-                                     tx_hash, settlement_status, receipt_url}
+                                     nonce, tx_hash, payer, settlement_status, receipt_url}; receipt_url is
+                                     the facilitator's /receipt/{tx_hash}?nonce={nonce} (a batched
+                                     settlement's transaction carries several payments)
   GET  /jobs/{id}/events             Server-Sent Events (id = event id; Last-Event-ID or ?lastEventId resumes)
   GET  /jobs/{id}/result             the artifact (audio/wav); or ?expires=&sig= without credentials
   POST /jobs/{id}/webhook/redeliver  replay the final webhook event under its original event id

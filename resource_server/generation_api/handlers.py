@@ -196,6 +196,8 @@ async def generate(request: Request) -> Response:
                 payer=hold.payer,
                 idempotency_key=hold.challenge_id,  # one payment, one job
                 payment_challenge_id=hold.challenge_id,
+                # Its authorization nonce: a batched settlement shares its tx hash with other payments.
+                payment_nonce=hold.authorized.attempt.nonce,
                 webhook_url=webhook.url if webhook else None,
                 webhook_secret=webhook.secret if webhook else None,
                 webhook_progress=webhook.include_progress if webhook else False,

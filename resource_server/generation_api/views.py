@@ -41,6 +41,14 @@ def timings(job: JobRecord, now: datetime) -> dict[str, float | None]:
     }
 
 
+def receipt_url(receipt_base_url: str, tx_hash: str, nonce: str | None) -> str:
+    """The facilitator's receipt of the job's payment. A batched settlement's transaction carries several
+    payments, and without the nonce naming ours the facilitator answers 409; jobs stored before the nonce
+    was kept (or never paid) have none and get the bare link, which still works for a lone settlement."""
+    url = f"{receipt_base_url.rstrip('/')}/receipt/{tx_hash}"
+    return f"{url}?nonce={nonce}" if nonce else url
+
+
 def job_view(
     job: JobRecord,
     *,
@@ -59,7 +67,7 @@ def job_view(
     if job.webhook_url is not None:
         links["webhook_redeliver"] = urls["redeliver"]
     receipt = (
-        f"{receipt_base_url.rstrip('/')}/receipt/{payment.tx_hash}"
+        receipt_url(receipt_base_url, payment.tx_hash, job.payment_nonce)
         if receipt_base_url and payment.tx_hash
         else None
     )

@@ -157,7 +157,7 @@ async def test_a_transaction_under_the_base_fee_is_replaced_and_the_payment_sett
         assert pending["errorReason"] == reasons.SETTLEMENT_PENDING, pending
         first = pending["transaction"]
         (stored,) = await fac.core.settlement.ledger.transactions(
-            (await fac.core.settlement.ledger.get_by_tx_hash(first)).id
+            (await fac.core.settlement.ledger.rows_by_tx_hash(first))[0].id
         )
         # The base fee jumps past the transaction's fee cap: the next block leaves it out.
         chain.rpc.request("anvil_setNextBlockBaseFeePerGas", [hex(stored.max_fee_per_gas * 4)])
@@ -166,7 +166,7 @@ async def test_a_transaction_under_the_base_fee_is_replaced_and_the_payment_sett
 
         await network.fees.refresh()
         assert await fac.core.reconciler.run_once() == 1
-        row = await fac.core.settlement.ledger.get_by_tx_hash(first)
+        row = (await fac.core.settlement.ledger.rows_by_tx_hash(first))[0]
         txs = await fac.core.settlement.ledger.transactions(row.id)
         assert [t.replacement for t in txs] == [0, 1]
         assert txs[1].signer_nonce == txs[0].signer_nonce and txs[1].signer == txs[0].signer

@@ -8,6 +8,7 @@ import pytest
 from eth_account import Account
 
 from shared.devchain.constants import DEV_ACCOUNT_KEYS
+from shared.evm.calls import AUTHORIZATION_USED_TOPIC
 from shared.x402 import reasons
 from tests.fixtures.facilitator import free_port
 from tests.support.payments import authorization, new_address, paid_request, requirements_v2, sign, v2_body
@@ -90,11 +91,18 @@ async def test_two_hundred_payments_at_concurrency_32(dev_chain, facilitator, fr
     answers = [r.json() for r in await asyncio.gather(*(settle(b) for b in bodies))]
     failures = [a for a in answers if not a.get("success")]
     assert failures == []
-    assert len({a["transaction"] for a in answers}) == 200
     for body in bodies[::17]:
         req = body["paymentRequirements"]
         assert dev_chain.balance_of(req["payTo"]) == int(req["amount"])
-    assert await _tx_count(fresh_database) == 200
+    # Settlements in flight together share Multicall3 transactions: each answer names a mined
+    # transaction that carries that very transfer.
+    hashes = {a["transaction"] for a in answers}
+    assert len(hashes) == await _tx_count(fresh_database) < 150
+    for answer, body in list(zip(answers, bodies, strict=True))[::23]:
+        receipt = dev_chain.rpc.request("eth_getTransactionReceipt", [answer["transaction"]])
+        auth = body["paymentPayload"]["payload"]["authorization"]
+        topics = [log["topics"] for log in receipt["logs"]]
+        assert any(t[0] == "0x" + AUTHORIZATION_USED_TOPIC.hex() and t[2] == auth["nonce"] for t in topics)
     conn = await asyncpg.connect(fresh_database)
     try:
         per_signer = await conn.fetch(
@@ -108,6 +116,33 @@ async def test_two_hundred_payments_at_concurrency_32(dev_chain, facilitator, fr
         assert nonces == list(range(nonces[0], nonces[0] + len(nonces))), "a nonce gap or repeat"
     # Concurrent settlements share commits: far fewer transactions than settlements stored them.
     assert sum(r["commits"] for r in per_signer) < 150
+
+
+async def test_a_transfer_that_fails_inside_a_batch_fails_alone(dev_chain, facilitator, fresh_database):
+    """Two payments of one payer that together exceed its balance both verify; only one can be paid. The
+    other fails with transaction_failed, and the batch it rode in pays everyone else."""
+    payer = dev_chain.new_payer(5_000)
+    others = [dev_chain.new_payer(1_000_000) for _ in range(6)]
+    clash = [paid_request(dev_chain, payer, 4_000) for _ in range(2)]
+    bodies = clash + [paid_request(dev_chain, p, 2_000 + i) for i, p in enumerate(others)]
+    dev_chain.rpc.request("evm_setAutomine", [False])
+    try:
+        pending = [asyncio.create_task(facilitator.post("/settle", b)) for b in bodies]
+        await asyncio.sleep(1.0)  # every settlement is stored and broadcast, none mined yet
+        dev_chain.rpc.request("evm_mine", [])
+        answers = [r.json() for r in await asyncio.gather(*pending)]
+    finally:
+        dev_chain.rpc.request("evm_setAutomine", [True])
+    assert [a["success"] for a in answers[2:]] == [True] * 6, answers
+    assert sorted(a["success"] for a in answers[:2]) == [False, True], answers[:2]
+    (failed,) = [a for a in answers[:2] if not a["success"]]
+    assert failed["errorReason"] == reasons.TRANSACTION_FAILED
+    assert dev_chain.balance_of(payer.address) == 1_000
+    for answer, body in zip(answers, bodies, strict=True):
+        paid = int(body["paymentRequirements"]["amount"]) if answer["success"] else 0
+        assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == paid
+    # They went out as batches: fewer transactions than settlements.
+    assert await _tx_count(fresh_database) < len(bodies)
 
 
 async def test_pending_answer_then_the_same_hash_once_mined(dev_chain, start_facilitator):

@@ -277,9 +277,14 @@ async def test_sdk_pays_a_generation_settled_only_once_the_job_completes(
     assert view["progress"] == 1 and view["status_text"] == "completed"
     assert view["timings"]["total_seconds"] > 0 and view["finished_at"] is not None
     tx = view["payment"]["tx_hash"]
-    assert view["payment"]["receipt_url"] == f"{facilitator.url}/receipt/{tx}"
-    receipt = await facilitator.get(f"/receipt/{tx}")
-    assert receipt.status_code == 200 and receipt.json()["receipt"]["status"] == "confirmed"
+    # The receipt link names the payment by its authorization nonce, as a batched settlement (one transaction
+    # carrying several payments) needs, and the facilitator answers it with that very payment's receipt.
+    nonce = (await stored_payment(gen, challenge_id))["payload"]["authorization"]["nonce"].lower()
+    assert view["payment"]["nonce"] == nonce
+    assert view["payment"]["receipt_url"] == f"{facilitator.url}/receipt/{tx}?nonce={nonce}"
+    receipt = await gen.http.get(view["payment"]["receipt_url"])
+    assert receipt.status_code == 200, receipt.text
+    assert receipt.json()["receipt"]["status"] == "confirmed" and receipt.json()["receipt"]["nonce"] == nonce
 
     # The WAV, by the signed link (no token) and by the token: the requested duration.
     signed = await gen.http.get(view["links"]["result"])
@@ -380,6 +385,11 @@ async def test_settle_on_accept_settles_before_the_job_runs(dev_chain, facilitat
     assert view["result"] == {"message": "hi"}
     assert (
         view["payment"]["settlement_status"] == "settled" and view["payment"]["tx_hash"] == paid.transaction
+    )
+    nonce = (await stored_payment(gen, body["payment"]["challenge_id"]))["payload"]["authorization"]["nonce"]
+    assert (
+        view["payment"]["receipt_url"]
+        == f"{facilitator.url}/receipt/{paid.transaction}?nonce={nonce.lower()}"
     )
 
 

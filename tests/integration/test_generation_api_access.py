@@ -113,6 +113,7 @@ async def test_the_job_view_has_status_progress_timings_result_links_and_payment
     assert view["links"]["result"].startswith(f"{gen.url}/jobs/{job.id}/result?expires=")
     assert view["payment"] == {
         "challenge_id": None,
+        "nonce": None,  # submitted without a payment
         "tx_hash": None,
         "payer": "0x0000000000000000000000000000000000000001",
         "settlement_status": None,

@@ -22,6 +22,8 @@ from tests.fixtures.generation import (
     wait_until,
 )
 
+NONCE = "0x" + "42" * 32
+
 
 async def test_build_stack_runs_a_paid_music_job_end_to_end(generation_pool, fake_elevenlabs, start_receiver):
     fake, server = fake_elevenlabs
@@ -51,6 +53,7 @@ async def test_build_stack_runs_a_paid_music_job_end_to_end(generation_pool, fak
                 payer="0xpayer",
                 idempotency_key="challenge-42",
                 payment_challenge_id="challenge-42",
+                payment_nonce=NONCE,
                 webhook_url=f"{hook_server.url}/hook",
                 webhook_secret="s",
             )
@@ -72,6 +75,7 @@ async def test_build_stack_runs_a_paid_music_job_end_to_end(generation_pool, fak
     assert len(await stack.artifacts.content(UUID(artifact["id"]))) > 10 * 44100 * 2
     assert paid.public_view()["payment"] == {
         "challenge_id": "challenge-42",
+        "nonce": NONCE,
         "tx_hash": "0xabc",
         "payer": "0xpayer",
         "settlement_status": "settled",

@@ -52,11 +52,15 @@ def new_settlement(payer: str, nonce: str | None = None) -> NewSettlement:
     )
 
 
-def fake_sign(pairs: list[tuple[SettlementRow, int]]) -> list[SignedTransaction]:
+def fake_sign(pairs: list[tuple[list[SettlementRow], int]]) -> list[SignedTransaction]:
     return [
-        SignedTransaction(f"0x{row.id:032x}{nonce:032x}", b"\x02" + os.urandom(90), nonce, 10**9 + 2**65)
-        for row, nonce in pairs
+        SignedTransaction(f"0x{rows[0].id:032x}{nonce:032x}", b"\x02" + os.urandom(90), nonce, 10**9 + 2**65)
+        for rows, nonce in pairs
     ]
+
+
+def alone(rows: list[SettlementRow]) -> list[list[SettlementRow]]:
+    return [[r] for r in rows]
 
 
 async def test_insert_many_stores_each_row_once_and_answers_in_order(ledger: Ledger) -> None:
@@ -91,7 +95,7 @@ async def test_store_transactions_hands_out_a_run_of_nonces_and_skips_rows_that_
     done = await ledger.finish(rows[1].id, Status.FAILED, error_reason="invalid_signature")
     assert done.status is Status.FAILED
 
-    results = await ledger.store_transactions(rows, SIGNER, fake_sign)
+    results = await ledger.store_transactions(alone(rows), SIGNER, fake_sign)
 
     assert isinstance(results[1], IllegalTransition)
     signed = [r for r in results if isinstance(r, SignedTransaction)]
@@ -112,7 +116,7 @@ async def test_store_transactions_hands_out_a_run_of_nonces_and_skips_rows_that_
     # The next allocation continues after the run.
     (extra,) = await ledger.insert_many([(new_settlement("0x" + "9" * 40), "x")], lease_seconds=30)
     assert extra is not None
-    (again,) = await ledger.store_transactions([extra], SIGNER, fake_sign)
+    (again,) = await ledger.store_transactions([[extra]], SIGNER, fake_sign)
     assert isinstance(again, SignedTransaction) and again.nonce == 10
 
 
@@ -120,10 +124,50 @@ async def test_store_transactions_without_a_nonce_row_writes_nothing(ledger: Led
     (row,) = await ledger.insert_many([(new_settlement("0x" + "1" * 40), "o")], lease_seconds=30)
     assert row is not None
     with pytest.raises(RuntimeError, match="no nonce row"):
-        await ledger.store_transactions([row], SIGNER, fake_sign)
+        await ledger.store_transactions([[row]], SIGNER, fake_sign)
     current = await ledger.get(row.id)
     assert current is not None and current.status is Status.RECEIVED
     assert await ledger.transactions(row.id) == []
+
+
+async def test_a_batch_is_one_transaction_and_one_nonce_for_all_its_rows(ledger: Ledger) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 3)
+    rows = [
+        r
+        for r in await ledger.insert_many(
+            [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 6)], lease_seconds=30
+        )
+        if r is not None
+    ]
+    await ledger.finish(rows[1].id, Status.FAILED, error_reason="invalid_signature")
+
+    # Rows 0-2 ride one batch (row 1 cannot move and leaves it); rows 3 and 4 go alone.
+    results = await ledger.store_transactions([rows[:3], [rows[3]], [rows[4]]], SIGNER, fake_sign)
+
+    assert isinstance(results[1], IllegalTransition)
+    batch, _, batch_again, single, last = results
+    assert isinstance(batch, SignedTransaction) and batch_again == batch and batch.nonce == 3
+    assert isinstance(single, SignedTransaction) and isinstance(last, SignedTransaction)
+    assert (single.nonce, last.nonce) == (4, 5)  # one nonce per transaction, not per settlement
+    assert [r.id for r in await ledger.rows_by_tx_hash(batch.tx_hash)] == [rows[0].id, rows[2].id]
+    (stored,) = await ledger.transactions(rows[2].id)
+    assert stored.tx_hash == batch.tx_hash and stored.settlement_ids == (rows[0].id, rows[2].id)
+    for row in (rows[0], rows[2]):
+        current = await ledger.get(row.id)
+        assert current is not None and current.status is Status.SUBMITTED and current.tx_hash == batch.tx_hash
+
+    # A replacement (same nonce, higher fees) carries the rows still waiting on the batch; a second
+    # replacement of the same old transaction (a replica that lost the race) stores nothing.
+    await ledger.finish(rows[0].id, Status.FAILED, error_reason="transaction_failed")
+    bumped = SignedTransaction("0x" + "ab" * 32, b"\x02" + os.urandom(90), 3, 2 * 10**9)
+    replacement = await ledger.store_replacement(stored, bumped)
+    assert replacement is not None and replacement.replacement == 1
+    assert replacement.settlement_ids == (rows[2].id,)
+    current = await ledger.get(rows[2].id)
+    assert current is not None and current.tx_hash == bumped.tx_hash and current.attempts == 2
+    late = SignedTransaction("0x" + "cd" * 32, b"\x02" + os.urandom(90), 3, 3 * 10**9)
+    assert await ledger.store_replacement(stored, late) is None
+    assert [t.tx_hash for t in await ledger.transactions(rows[2].id)] == [batch.tx_hash, bumped.tx_hash]
 
 
 async def test_confirm_many_moves_submitted_rows_and_leaves_finished_ones(ledger: Ledger) -> None:
@@ -135,7 +179,7 @@ async def test_confirm_many_moves_submitted_rows_and_leaves_finished_ones(ledger
         )
         if r is not None
     ]
-    signed = await ledger.store_transactions(rows, SIGNER, fake_sign)
+    signed = await ledger.store_transactions(alone(rows), SIGNER, fake_sign)
     txs = [s for s in signed if isinstance(s, SignedTransaction)]
     # Another process already resolved the middle one.
     await ledger.finish(rows[1].id, Status.FAILED, error_reason="transaction_failed", tx_hash=txs[1].tx_hash)
@@ -168,7 +212,7 @@ async def test_group_writes_are_one_transaction_each(ledger: Ledger, fresh_datab
             [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 51)], lease_seconds=30
         )
         stored = [r for r in rows if r is not None]
-        signed = await ledger.store_transactions(stored, SIGNER, fake_sign)
+        signed = await ledger.store_transactions(alone(stored), SIGNER, fake_sign)
         await ledger.confirm_many(
             [
                 Confirmation(r.id, s.tx_hash, 1, None, 1)

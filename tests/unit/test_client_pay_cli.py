@@ -385,7 +385,8 @@ def serve_receipts(
     nonce: str | None = None,
 ) -> None:
     """`status`: the facilitator's receipt status; `chain`: "unknown", "unmined", "mined" or "reverted".
-    The receipt names the nonce the client signed (read from the paid request), unless `nonce` is given."""
+    The receipt names the nonce the client signed (read from the paid request), unless `nonce` is given.
+    The settlement shares its transaction with another payment: the client must ask by its nonce."""
 
     def signed_nonce() -> str:
         wire = json.loads(base64.b64decode(paid[-1].headers["payment-signature"]))
@@ -393,6 +394,10 @@ def serve_receipts(
 
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path == f"/receipt/{TX}":
+            if request.url.params.get("nonce") != signed_nonce():
+                # As a facilitator answers for a transaction that carries several payments (a batch).
+                nonces = [signed_nonce(), "0x" + "01" * 32]
+                return httpx.Response(409, json={"error": "name one with ?nonce=0x...", "nonces": nonces})
             receipt: dict[str, Any] = {
                 "txHash": TX,
                 "status": status,

@@ -291,6 +291,7 @@ def test_the_catalogue_says_how_a_price_is_computed():
 # -- views and events ------------------------------------------------------------------------------------
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NONCE = "0x" + "5e" * 32
 
 
 def record(**changes: Any) -> JobRecord:
@@ -320,6 +321,7 @@ def record(**changes: Any) -> JobRecord:
         "notices": [],
         "price": None,
         "payment_challenge_id": "c" * 32,
+        "payment_nonce": NONCE,
         "payment_tx_hash": None,
         "settlement_status": "held",
         "webhook_url": None,
@@ -354,7 +356,9 @@ def test_the_job_view_adds_links_and_the_receipt_and_hides_the_webhook_secret():
         result_link=link,
         now=T0,
     )
-    assert view["payment"]["receipt_url"] == f"http://fac/receipt/{tx}"
+    # A batched settlement shares its transaction with other payments: the nonce names the job's.
+    assert view["payment"]["receipt_url"] == f"http://fac/receipt/{tx}?nonce={NONCE}"
+    assert view["payment"]["nonce"] == NONCE
     assert view["payment"]["settlement_status"] == "settled" and view["payment"]["challenge_id"] == "c" * 32
     assert view["links"]["result"] == f"http://rs/jobs/{JOB}/result?{link.query()}"
     assert view["links"]["webhook_redeliver"] == f"http://rs/jobs/{JOB}/webhook/redeliver"
@@ -368,6 +372,16 @@ def test_the_job_view_adds_links_and_the_receipt_and_hides_the_webhook_secret():
         now=T0,
     )
     assert "result" not in running["links"] and running["payment"]["receipt_url"] is None
+    # A job stored before nonces were kept has none: the bare link, as before (fine for a lone settlement).
+    old = job_view(
+        record(status=JobStatus.COMPLETED, finished_at=T0, payment_nonce=None),
+        base_url="http://rs",
+        payment=PaymentState("settled", tx),
+        receipt_base_url="http://fac",
+        result_link=link,
+        now=T0,
+    )
+    assert old["payment"]["receipt_url"] == f"http://fac/receipt/{tx}" and old["payment"]["nonce"] is None
 
 
 def test_sse_frames_carry_the_event_id_and_last_event_id_is_strict():

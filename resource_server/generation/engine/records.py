@@ -39,6 +39,7 @@ class JobRecord:
     notices: list[dict[str, str]]
     price: dict[str, Any] | None
     payment_challenge_id: str | None
+    payment_nonce: str | None  # the payment's EIP-3009 authorization nonce; names it in a batched transaction
     payment_tx_hash: str | None
     settlement_status: str | None
     webhook_url: str | None
@@ -77,6 +78,7 @@ class JobRecord:
             notices=r["notices"],
             price=r["price"],
             payment_challenge_id=r["payment_challenge_id"],
+            payment_nonce=r["payment_nonce"],
             payment_tx_hash=r["payment_tx_hash"],
             settlement_status=r["settlement_status"],
             webhook_url=r["webhook_url"],
@@ -119,6 +121,7 @@ class JobRecord:
             "price": self.price,
             "payment": {
                 "challenge_id": self.payment_challenge_id,
+                "nonce": self.payment_nonce,
                 "tx_hash": self.payment_tx_hash,
                 "payer": self.payer,
                 "settlement_status": self.settlement_status,

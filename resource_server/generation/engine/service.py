@@ -33,6 +33,7 @@ class JobRequest:
     webhook_secret: str | None = None
     webhook_progress: bool = False  # progress events too (throttled), not only the final one
     payment_challenge_id: str | None = None
+    payment_nonce: str | None = None  # its EIP-3009 nonce: with the tx hash, names the payment's receipt
     settlement_status: str | None = None  # the API layer's payment state, stored with the job
     deadline_seconds: float | None = None  # past it the job fails as "timeout" (ErrorCategory.TIMEOUT)
     hold_seconds: float | None = None  # not runnable before release_hold() or this many seconds
@@ -116,6 +117,7 @@ class GenerationEngine:
                 webhook_secret=request.webhook_secret,
                 webhook_progress=request.webhook_progress,
                 payment_challenge_id=request.payment_challenge_id,
+                payment_nonce=request.payment_nonce,
                 settlement_status=request.settlement_status,
                 deadline_seconds=request.deadline_seconds,
                 hold_seconds=request.hold_seconds,

@@ -73,6 +73,7 @@ class NewJob:
     webhook_secret: str | None = None
     webhook_progress: bool = False
     payment_challenge_id: str | None = None
+    payment_nonce: str | None = None
     settlement_status: str | None = None
     deadline_seconds: float | None = None  # from creation; past it the job fails as "timeout"
     # Not claimable for this long (the API settles a payment before letting the job run); release_hold
@@ -183,10 +184,10 @@ class JobStore:
             record = await conn.fetchrow(
                 """INSERT INTO generation_jobs (id, tool, params, payer, idempotency_key, status, status_text,
                        price, webhook_url, webhook_secret, webhook_progress, payment_challenge_id,
-                       settlement_status, deadline_at, run_after)
-                   VALUES ($1, $2, $3, $4, $5, 'queued', 'queued', $6, $7, $8, $9, $10, $11,
-                       now() + make_interval(secs => $12::float8),
-                       now() + make_interval(secs => COALESCE($13::float8, 0)))
+                       payment_nonce, settlement_status, deadline_at, run_after)
+                   VALUES ($1, $2, $3, $4, $5, 'queued', 'queued', $6, $7, $8, $9, $10, $11, $12,
+                       now() + make_interval(secs => $13::float8),
+                       now() + make_interval(secs => COALESCE($14::float8, 0)))
                    RETURNING *""",
                 uuid4(),
                 new.tool,
@@ -198,6 +199,7 @@ class JobStore:
                 new.webhook_secret,
                 new.webhook_progress,
                 new.payment_challenge_id,
+                new.payment_nonce,
                 new.settlement_status,
                 new.deadline_seconds,
                 new.hold_seconds,
