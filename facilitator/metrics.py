@@ -8,7 +8,8 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 
 
 
 class FacilitatorMetrics:
-    def __init__(self) -> None:
+    def __init__(self, network_names: dict[int, str] | None = None) -> None:
+        self.network_names = network_names or {}  # chain id -> the configured CAIP-2 name, for labels
         self.registry = CollectorRegistry()
         r = self.registry
         self.verify_total = Counter(
@@ -40,12 +41,24 @@ class FacilitatorMetrics:
         self.signer_nonce = Gauge(
             "x402_signer_nonce", "Signer pending nonce on chain", ["network", "signer"], registry=r
         )
+        self.transaction_settlements = Histogram(
+            "x402_settlement_transaction_settlements",
+            "Settlements carried per stored settlement transaction (1 alone, more in a batch)",
+            ["network"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 300),
+            registry=r,
+        )
         self.rpc_seconds = Histogram(
             "x402_rpc_seconds",
             "JSON-RPC latency",
             ["endpoint", "method", "ok"],
             buckets=LATENCY_BUCKETS,
             registry=r,
+        )
+
+    def observe_transaction(self, chain_id: int, settlements: int) -> None:
+        self.transaction_settlements.labels(self.network_names.get(chain_id, str(chain_id))).observe(
+            settlements
         )
 
     def observe_rpc(self, endpoint: str, method: str, seconds: float, ok: bool) -> None:

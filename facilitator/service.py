@@ -44,7 +44,7 @@ class Facilitator:
     def __init__(self, settings: FacilitatorSettings, pool: asyncpg.Pool) -> None:
         self.settings = settings
         self.pool = pool
-        self.metrics = FacilitatorMetrics()
+        self.metrics = FacilitatorMetrics({n.chain_id: n.network for n in settings.networks})
         self.networks = {
             n.chain_id: NetworkRuntime.build(n, observer=self.metrics.observe_rpc) for n in settings.networks
         }
@@ -65,6 +65,7 @@ class Facilitator:
             lease_seconds=settings.settle_lease_seconds,
             simulate=settings.simulate_in_settle,
             verify_reuse_seconds=settings.verify_reuse_seconds,
+            on_transaction=self.metrics.observe_transaction,
         )
         self.reconciler = Reconciler(self.settlement, interval=settings.reconcile_interval_seconds)
         self.receipts = ReceiptService(self.ledger, self.networks, self.registry)

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -102,6 +103,7 @@ class SettlementService:
         lease_seconds: float = 30.0,
         simulate: bool = True,
         verify_reuse_seconds: float = 0.0,
+        on_transaction: Callable[[int, int], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.verifier = verifier
@@ -113,7 +115,12 @@ class SettlementService:
         self._recent = RecentVerifications(verify_reuse_seconds)
         self.submitters = {
             chain_id: Submitter(
-                ledger, rt.eth, rt.signers, chain_id, max_batch=rt.settings.max_batch_transfers
+                ledger,
+                rt.eth,
+                rt.signers,
+                chain_id,
+                max_batch=rt.settings.max_batch_transfers,
+                on_transaction=on_transaction,
             )
             for chain_id, rt in networks.items()
         }

@@ -9,6 +9,7 @@ per group, while a settlement that arrives alone goes at once, as the transfer i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.coalescer import Coalescer
@@ -62,12 +63,14 @@ class Submitter:
         *,
         max_group: int = 100,
         max_batch: int = 1,
+        on_transaction: Callable[[int, int], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.eth = eth
         self.signers = signers
         self.chain_id = chain_id
         self.max_batch = max_batch
+        self._on_transaction = on_transaction  # (chain id, settlements carried), per stored transaction
         self._multicall_deployed: bool | None = None
         self._sending: dict[str, asyncio.Future[RpcError | None]] = {}
         # Groups of different signers may commit together; groups of one signer queue on its nonce row.
@@ -141,6 +144,9 @@ class Submitter:
         for result in results:
             if not isinstance(result, Exception):
                 carries[result.tx_hash] = carries.get(result.tx_hash, 0) + 1
+        if self._on_transaction is not None:
+            for settlements in carries.values():
+                self._on_transaction(self.chain_id, settlements)
         out: list[Stored | Exception] = []
         for result in results:
             if isinstance(result, Exception):

@@ -98,6 +98,10 @@ async def test_two_hundred_payments_at_concurrency_32(dev_chain, facilitator, fr
     # transaction that carries that very transfer.
     hashes = {a["transaction"] for a in answers}
     assert len(hashes) == await _tx_count(fresh_database) < 150
+    metrics = (await facilitator.get("/metrics")).text
+    series = f'x402_settlement_transaction_settlements_{{}}{{{{network="{dev_chain.network}"}}}}'
+    assert f"{series.format('count')} {float(len(hashes))}" in metrics
+    assert f"{series.format('sum')} 200.0" in metrics
     for answer, body in list(zip(answers, bodies, strict=True))[::23]:
         receipt = dev_chain.rpc.request("eth_getTransactionReceipt", [answer["transaction"]])
         auth = body["paymentPayload"]["payload"]["authorization"]

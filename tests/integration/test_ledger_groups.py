@@ -59,6 +59,14 @@ def fake_sign(pairs: list[tuple[list[SettlementRow], int]]) -> list[SignedTransa
     ]
 
 
+async def fresh_rows(ledger: Ledger, count: int) -> list[SettlementRow]:
+    """`count` new settlements of distinct payers, stored and leased."""
+    rows = await ledger.insert_many(
+        [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, count + 1)], lease_seconds=30
+    )
+    return [r for r in rows if r is not None]
+
+
 def alone(rows: list[SettlementRow]) -> list[list[SettlementRow]]:
     return [[r] for r in rows]
 
@@ -85,13 +93,7 @@ async def test_store_transactions_hands_out_a_run_of_nonces_and_skips_rows_that_
     ledger: Ledger,
 ) -> None:
     await ledger.sync_signer_nonce(CHAIN, SIGNER, 7)
-    rows = [
-        r
-        for r in await ledger.insert_many(
-            [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 5)], lease_seconds=30
-        )
-        if r is not None
-    ]
+    rows = await fresh_rows(ledger, 4)
     done = await ledger.finish(rows[1].id, Status.FAILED, error_reason="invalid_signature")
     assert done.status is Status.FAILED
 
@@ -132,13 +134,7 @@ async def test_store_transactions_without_a_nonce_row_writes_nothing(ledger: Led
 
 async def test_a_batch_is_one_transaction_and_one_nonce_for_all_its_rows(ledger: Ledger) -> None:
     await ledger.sync_signer_nonce(CHAIN, SIGNER, 3)
-    rows = [
-        r
-        for r in await ledger.insert_many(
-            [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 6)], lease_seconds=30
-        )
-        if r is not None
-    ]
+    rows = await fresh_rows(ledger, 5)
     await ledger.finish(rows[1].id, Status.FAILED, error_reason="invalid_signature")
 
     # Rows 0-2 ride one batch (row 1 cannot move and leaves it); rows 3 and 4 go alone.
@@ -172,13 +168,7 @@ async def test_a_batch_is_one_transaction_and_one_nonce_for_all_its_rows(ledger:
 
 async def test_confirm_many_moves_submitted_rows_and_leaves_finished_ones(ledger: Ledger) -> None:
     await ledger.sync_signer_nonce(CHAIN, SIGNER, 0)
-    rows = [
-        r
-        for r in await ledger.insert_many(
-            [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 4)], lease_seconds=30
-        )
-        if r is not None
-    ]
+    rows = await fresh_rows(ledger, 3)
     signed = await ledger.store_transactions(alone(rows), SIGNER, fake_sign)
     txs = [s for s in signed if isinstance(s, SignedTransaction)]
     # Another process already resolved the middle one.

@@ -30,6 +30,7 @@ from shared.evm.eip712 import Authorization
 from shared.evm.signatures import EcdsaSignature
 from shared.receipt_signing import recover_receipt_signer
 from shared.tokens import Token
+from tests.support.ledger_rows import settlement_row
 
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 OTHER_TOKEN = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"  # a token, but not one this deployment accepts
@@ -135,29 +136,19 @@ NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def row(nonce: str, payer: str = PAYER_A, amount: int = 10) -> SettlementRow:
-    return SettlementRow(
+    return settlement_row(
+        SettlementKey(84532, USDC, payer, nonce),
+        PAY_TO,
+        amount,
         id=1,
-        key=SettlementKey(84532, USDC, payer, nonce),
-        pay_to=PAY_TO,
-        amount=amount,
-        valid_after=0,
-        valid_before=2**40,
-        network="eip155:84532",
-        x402_version=2,
         payload_hash="h",
-        payload={},
-        requirements={},
         calldata=b"",
         status=Status.CONFIRMED,
-        error_reason=None,
-        error_message=None,
         tx_hash=TX,
         block_number=7,
         block_hash="0x" + "ee" * 32,
         gas_used=50_000,
         attempts=1,
-        lease_owner=None,
-        lease_until=None,
         created_at=NOW,
         updated_at=NOW,
         submitted_at=NOW,

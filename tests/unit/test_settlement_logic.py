@@ -24,6 +24,7 @@ from facilitator.settlement.states import ALLOWED, IllegalTransition, Status, ch
 from facilitator.wire import parse_request
 from shared.tokens import BUILTIN_TOKENS
 from shared.x402 import reasons
+from tests.support.ledger_rows import settlement_row
 
 VECTORS: dict[str, Any] = json.loads((Path(__file__).parent / "vectors" / "eip3009.json").read_text())
 
@@ -281,35 +282,19 @@ KEY = SettlementKey(84532, TOKEN, PAYER, AUTH_NONCE)
 
 
 def row(status: Status, **changes: Any) -> SettlementRow:
-    base = SettlementRow(
-        id=7,
-        key=KEY,
-        pay_to=PAY_TO,
-        amount=AMOUNT,
+    return settlement_row(
+        KEY,
+        PAY_TO,
+        AMOUNT,
         valid_after=1700000000,
         valid_before=4102444800,
         network="base-sepolia",
         x402_version=1,
-        payload_hash="ab" * 32,
-        payload={},
-        requirements={},
-        calldata=b"\xe3\xee\x16\x0e",
-        status=status,
-        error_reason=None,
-        error_message=None,
-        tx_hash=None,
-        block_number=None,
-        block_hash=None,
-        gas_used=None,
-        attempts=0,
-        lease_owner=None,
-        lease_until=None,
         created_at=NOW_DT,
         updated_at=NOW_DT,
-        submitted_at=None,
-        finalized_at=None,
+        status=status,
+        **changes,
     )
-    return dataclasses.replace(base, **changes)
 
 
 def test_confirmed_row_answers_success_with_the_transaction() -> None:
