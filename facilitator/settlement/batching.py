@@ -51,10 +51,11 @@ class Call:
 def plan_units(group: Sequence[S], *, max_batch: int) -> list[list[S]]:
     """Splits a group into transactions: plain transfers to the token in batches of at most `max_batch`;
     anything else (an ERC-6492 deployment already goes through Multicall3 with its own bundle) alone."""
-    plain = [s for s in group if max_batch > 1 and s.to.lower() == s.token.lower()]
-    alone = [[s] for s in group if not (max_batch > 1 and s.to.lower() == s.token.lower())]
-    batches = [plain[i : i + max_batch] for i in range(0, len(plain), max_batch)]
-    return batches + alone
+    if max_batch <= 1:
+        return [[s] for s in group]
+    plain = [s for s in group if s.to.lower() == s.token.lower()]
+    alone = [[s] for s in group if s.to.lower() != s.token.lower()]
+    return [plain[i : i + max_batch] for i in range(0, len(plain), max_batch)] + alone
 
 
 def transaction_for(unit: Sequence[Batchable], multicall: str = calls.MULTICALL3_ADDRESS) -> Call:

@@ -336,21 +336,38 @@ class Ledger:
         per row, units flattened in order: its transaction, or the IllegalTransition of a row whose status
         forbids the move (it leaves its unit and gets no transaction)."""
         rows = [row for unit in units for row in unit]
-        ids = [r.id for r in rows]
+        sources = [a.value for a, b in ALLOWED if b is Status.SUBMITTED]
         async with (
             span("db.settlement.store_transactions", rows=len(rows)),
             self.pool.acquire() as conn,
             conn.transaction(),
         ):
-            # Locked in id order so two groups never deadlock on each other's rows.
-            statuses = {
-                r["id"]: Status(r["status"])
-                for r in await conn.fetch(
-                    """SELECT id, status FROM settlements WHERE id = ANY($1::bigint[])
-                       ORDER BY id FOR UPDATE""",
-                    ids,
+            # One round trip locks the rows (in id order, so two groups never deadlock on each other's
+            # rows) and takes one nonce per unit that keeps a row able to move. The nonce row stays locked
+            # until commit: allocations of one signer are serialised across replicas, and a run of nonces
+            # is handed out whole.
+            locked = await conn.fetch(
+                """
+                WITH cur AS (
+                    SELECT s.id, s.status, u.unit FROM settlements s
+                    JOIN unnest($1::bigint[], $2::int[]) AS u(id, unit) ON u.id = s.id
+                    ORDER BY s.id FOR UPDATE OF s
+                ), k AS (
+                    SELECT count(DISTINCT unit) AS units FROM cur WHERE status = ANY($5::text[])
+                ), n AS (
+                    UPDATE signer_nonces SET next_nonce = next_nonce + k.units FROM k
+                    WHERE chain_id = $3 AND address = $4 AND k.units > 0
+                    RETURNING next_nonce - k.units AS first
                 )
-            }
+                SELECT cur.id, cur.status, n.first FROM cur LEFT JOIN n ON true
+                """,
+                [r.id for r in rows],
+                [u for u, unit in enumerate(units) for _ in unit],
+                rows[0].key.chain_id,
+                signer,
+                sources,
+            )
+            statuses = {r["id"]: Status(r["status"]) for r in locked}
             refused: dict[int, Exception] = {}
             movable_units: list[list[SettlementRow]] = []
             for unit in units:
@@ -359,7 +376,7 @@ class Ledger:
                     current = statuses.get(row.id)
                     if current is None:
                         refused[row.id] = RuntimeError(f"settlement {row.id} does not exist")
-                    elif (current, Status.SUBMITTED) not in ALLOWED:
+                    elif current.value not in sources:
                         refused[row.id] = IllegalTransition(
                             f"settlement cannot go from {current} to submitted"
                         )
@@ -369,15 +386,7 @@ class Ledger:
                     movable_units.append(movable)
             if not movable_units:
                 return [refused[r.id] for r in rows]
-            # The nonce row stays locked until commit: allocations of one signer are serialised
-            # across replicas, and a run of nonces is handed out whole.
-            first = await conn.fetchval(
-                """UPDATE signer_nonces SET next_nonce = next_nonce + $3
-                   WHERE chain_id = $1 AND address = $2 RETURNING next_nonce - $3""",
-                rows[0].key.chain_id,
-                signer,
-                len(movable_units),
-            )
+            first = locked[0]["first"]
             if first is None:
                 raise RuntimeError(f"signer {signer} has no nonce row; sync_signer_nonce first")
             nonces = list(range(first, first + len(movable_units)))
@@ -391,8 +400,9 @@ class Ledger:
                 WITH t AS (
                     INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
                         max_fee_per_gas)
-                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bytea[],
-                                         $6::numeric[])
+                    SELECT tx_hash, $1, $2, signer_nonce, raw_tx, max_fee_per_gas
+                    FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::numeric[])
+                        AS t(tx_hash, signer_nonce, raw_tx, max_fee_per_gas)
                 ), v AS (
                     SELECT * FROM unnest($7::bigint[], $8::text[], $9::text[], $10::bigint[])
                         AS v(settlement_id, tx_hash, from_status, signer_nonce)
@@ -407,13 +417,13 @@ class Ledger:
                 )
                 INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
                 SELECT settlement_id, from_status, 'submitted',
-                       jsonb_build_object('tx_hash', tx_hash, 'signer', ($3::text[])[1],
+                       jsonb_build_object('tx_hash', tx_hash, 'signer', $2::text,
                                           'signer_nonce', signer_nonce)
                 FROM v
                 """,
+                rows[0].key.chain_id,
+                signer,
                 [tx.tx_hash for tx in signed],
-                [rows[0].key.chain_id] * len(signed),
-                [signer] * len(signed),
                 nonces,
                 [tx.raw_tx for tx in signed],
                 [tx.max_fee_per_gas for tx in signed],
@@ -516,8 +526,8 @@ class Ledger:
                     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::bigint[])
                         AS v(id, tx_hash, block_number, block_hash, gas_used)
                 ), cur AS (
-                    SELECT s.id FROM settlements s
-                    WHERE s.id = ANY($1::bigint[]) AND s.status = 'submitted'
+                    SELECT s.id, s.status FROM settlements s
+                    WHERE s.id = ANY($1::bigint[]) AND s.status = ANY($6::text[])
                     ORDER BY s.id FOR UPDATE
                 ), upd AS (
                     UPDATE settlements s SET status = 'confirmed', tx_hash = v.tx_hash,
@@ -528,9 +538,9 @@ class Ledger:
                     RETURNING s.*
                 ), ev AS (
                     INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
-                    SELECT id, 'submitted', 'confirmed',
-                           jsonb_build_object('tx_hash', tx_hash, 'block_number', block_number)
-                    FROM upd
+                    SELECT upd.id, cur.status, 'confirmed',
+                           jsonb_build_object('tx_hash', upd.tx_hash, 'block_number', upd.block_number)
+                    FROM upd JOIN cur ON cur.id = upd.id
                 )
                 SELECT * FROM upd
                 """,
@@ -539,6 +549,7 @@ class Ledger:
                 [c.block_number for c in confirmations],
                 [c.block_hash for c in confirmations],
                 [c.gas_used for c in confirmations],
+                [a.value for a, b in ALLOWED if b is Status.CONFIRMED],
             )
             by_id = {r["id"]: SettlementRow.from_record(r) for r in records}
             missing = [i for i in ids if i not in by_id]

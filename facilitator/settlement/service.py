@@ -315,8 +315,7 @@ class SettlementService:
             )
             if sent.carries > 1:
                 if _nonce_too_low(refused):
-                    chain_nonce = await network.eth.get_transaction_count(signer.address, "pending")
-                    await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
+                    await self._catch_up(network, signer)
                 raise _BatchRefused(sent)
             if not await self._undo_refused(network, signer, sent.signed, refused):
                 # Later nonces of this key are out: leaving a hole would stall them, so the stored
@@ -344,14 +343,17 @@ class SettlementService:
     ) -> bool:
         """True when the refused transaction is gone from the ledger and its nonce free again."""
         if _nonce_too_low(exc):
-            # Someone used this key outside the facilitator: catch the shared counter up with the chain.
-            chain_nonce = await network.eth.get_transaction_count(signer.address, "pending")
-            await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
+            await self._catch_up(network, signer)
             await self.ledger.forget_transaction(signed.tx_hash)
             return True
         return await self.ledger.rewind_unused_nonce(
             network.chain_id, signer.address, signed.nonce, signed.tx_hash
         )
+
+    async def _catch_up(self, network: NetworkRuntime, signer: Signer) -> None:
+        """Someone used this key outside the facilitator: the shared nonce counter follows the chain."""
+        chain_nonce = await network.eth.get_transaction_count(signer.address, "pending")
+        await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
 
     async def finalize(self, row: SettlementRow, receipt: dict[str, Any], tx_hash: str) -> SettlementRow:
         block_number = int(receipt["blockNumber"], 16)
@@ -375,22 +377,19 @@ class SettlementService:
             amount=row.amount,
             auth_nonce=row.key.auth_nonce,
         )
-        if mismatch and str(receipt.get("to") or "").lower() != row.key.token.lower():
-            # Sent through Multicall3 (a batch, or a wallet deployment): the transfer failed inside a
-            # transaction that itself succeeded.
-            return await self.ledger.finish(
-                row.id,
-                Status.FAILED,
-                error_reason=reasons.TRANSACTION_FAILED,
-                error_message=f"transferWithAuthorization failed inside transaction {tx_hash} ({mismatch})",
-                **common,
-            )
         if mismatch:
+            # Sent through Multicall3 (a batch, or a wallet deployment), the transfer failed inside a
+            # transaction that itself succeeded; sent to the token, the logs do not show the transfer.
+            inner = str(receipt.get("to") or "").lower() != row.key.token.lower()
             return await self.ledger.finish(
                 row.id,
                 Status.FAILED,
-                error_reason=reasons.TRANSFER_EVENT_MISMATCH,
-                error_message=mismatch,
+                error_reason=reasons.TRANSACTION_FAILED if inner else reasons.TRANSFER_EVENT_MISMATCH,
+                error_message=(
+                    f"transferWithAuthorization failed inside transaction {tx_hash} ({mismatch})"
+                    if inner
+                    else mismatch
+                ),
                 **common,
             )
         return await self._confirmations.submit(

@@ -9,6 +9,7 @@ per group, while a settlement that arrives alone goes at once, as the transfer i
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -140,10 +141,7 @@ class Submitter:
             for _ in range(count):
                 self.signers.release(signer)
             raise
-        carries: dict[str, int] = {}
-        for result in results:
-            if not isinstance(result, Exception):
-                carries[result.tx_hash] = carries.get(result.tx_hash, 0) + 1
+        carries = Counter(r.tx_hash for r in results if not isinstance(r, Exception))
         if self._on_transaction is not None:
             for settlements in carries.values():
                 self._on_transaction(self.chain_id, settlements)
