@@ -18,8 +18,6 @@ that path reads more (the stored payment); the first payment costs nothing extra
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -297,9 +295,9 @@ class Paywall:
     async def _replay_of(self, priced: PricedRequest, attempt: PaymentAttempt) -> Replayed | None:
         if priced.route.settlement is not SettlementPolicy.DEFERRED:
             return None  # elsewhere a payment unlocks one request, full stop
-        digest = payload_digest(attempt.payload)
         for challenge, stored in await self.store.payments_of_authorization(attempt.payer, attempt.nonce):
-            if _same_request(priced, challenge) and payload_digest(stored.payload) == digest:
+            # Dict equality ignores key order, as the stored JSONB does: the very payload that was signed.
+            if _same_request(priced, challenge) and stored.payload == attempt.payload:
                 return Replayed(priced, attempt, challenge)
         return None
 
@@ -451,13 +449,6 @@ def _match(
         return match_v2(attempt, challenge, route_key=route_key, params_hash=params_hash)
     candidates = [c for c in challenges if c.id not in exclude]
     return match_v1(attempt, candidates, route_key=route_key, params_hash=params_hash)
-
-
-def payload_digest(payload: dict[str, Any]) -> str:
-    """sha256 of the payload's canonical JSON: what was signed and sent, whatever the key order or storage.
-    A payment that reuses a nonce with another signature, amount or requirement digests differently."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _same_request(priced: PricedRequest, prior: Challenge) -> bool:
