@@ -34,7 +34,7 @@ from .audit import AuditEntry
 from .challenges.matching import Match, Refusal, match_v1, match_v2
 from .challenges.records import Challenge
 from .challenges.requirements import requirements_v1, requirements_v2
-from .challenges.states import ChallengeStatus
+from .challenges.states import ChallengeStatus, move_for
 from .challenges.store import ChallengeStore, ClaimOutcome, StoreNotReady
 from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
 from .payment_headers import PaymentAttempt
@@ -120,6 +120,13 @@ class Settlement(StrEnum):
     SETTLED = "settled"
     PENDING = "pending"  # served now, reconciled later
     FAILED = "failed"
+
+
+_OUTCOMES = {
+    ChallengeStatus.SETTLED: Settlement.SETTLED,
+    ChallengeStatus.SETTLEMENT_PENDING: Settlement.PENDING,
+    ChallengeStatus.FAILED: Settlement.FAILED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,28 +370,16 @@ class Paywall:
                     held, reason=reasons.FACILITATOR_BAD_RESPONSE, detail={"error": str(exc), **extra}
                 )
             raise
-        detail = {"facilitator": answer.to_wire(), **extra}
-        if answer.success:
-            await self._move(cid, ChallengeStatus.SETTLED, "settled", detail, tx_hash=answer.transaction)
-            return SettleOutcome(Settlement.SETTLED, answer)
-        if answer.error_reason == fac_reasons.SETTLEMENT_PENDING:
-            await self._move(
-                cid,
-                ChallengeStatus.SETTLEMENT_PENDING,
-                "settlement_pending",
-                detail,
-                tx_hash=answer.transaction,
-            )
-            return SettleOutcome(Settlement.PENDING, answer)
+        move = move_for(answer)
         await self._move(
             cid,
-            ChallengeStatus.FAILED,
-            "settle_failed",
-            detail,
+            move.status,
+            move.event,
+            {"facilitator": answer.to_wire(), **extra},
             tx_hash=answer.transaction,
-            error_reason=answer.error_reason or reasons.SETTLEMENT_FAILED,
+            error_reason=move.error_reason,
         )
-        return SettleOutcome(Settlement.FAILED, answer)
+        return SettleOutcome(_OUTCOMES[move.status], answer)
 
     async def release(
         self, payment: Authorized | HeldPayment, *, reason: str, detail: dict[str, object] | None = None

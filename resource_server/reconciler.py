@@ -40,10 +40,9 @@ import structlog
 from shared.x402 import reasons as fac_reasons
 from shared.x402.models import SettleResponse
 
-from . import reasons
 from .audit import AuditEntry
 from .challenges.records import PendingSettlement
-from .challenges.states import ChallengeStatus
+from .challenges.states import ChallengeStatus, move_for
 from .challenges.store import ChallengeStore, StuckPayment
 from .facilitator_client import FacilitatorClient, FacilitatorError
 from .metrics import ResourceServerMetrics
@@ -216,25 +215,19 @@ class SettlementReconciler:
         self, challenge_id: str, current: ChallengeStatus, answer: SettleResponse, detail: dict[str, Any]
     ) -> ChallengeStatus | None:
         """Records a settle answer as the payment path does; the new status, None if another moved it."""
-        if answer.success:
-            new, event, reason = ChallengeStatus.SETTLED, "settled", None
-        elif answer.error_reason == fac_reasons.SETTLEMENT_PENDING:
-            # Only from verified: the pending path keeps pending rows where they are.
-            new, event, reason = ChallengeStatus.SETTLEMENT_PENDING, "settlement_pending", None
-        else:
-            new, event = ChallengeStatus.FAILED, "settle_failed"
-            reason = answer.error_reason or reasons.SETTLEMENT_FAILED
+        # A pending answer moves only a verified row: the pending path keeps pending rows where they are.
+        move = move_for(answer)
         moved = await self.store.transition(
             challenge_id,
             current,
-            new,
-            event=event,
+            move.status,
+            event=move.event,
             detail=detail,
             tx_hash=answer.transaction or None,
-            error_reason=reason,
+            error_reason=move.error_reason,
             settle_attempt=True,
         )
-        return new if moved else None
+        return move.status if moved else None
 
     # -- retention and gauge --------------------------------------------------------------------------------
 

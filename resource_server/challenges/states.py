@@ -18,7 +18,13 @@ failed when the job completed, or to released when it failed, was canceled or ra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+
+from shared.x402 import reasons as fac_reasons
+from shared.x402.models import SettleResponse
+
+from .. import reasons
 
 
 class ChallengeStatus(StrEnum):
@@ -71,3 +77,23 @@ def can_transition(current: ChallengeStatus, new: ChallengeStatus) -> bool:
 def check_transition(current: ChallengeStatus, new: ChallengeStatus) -> None:
     if not can_transition(current, new):
         raise IllegalTransition(f"challenge cannot go from {current} to {new}")
+
+
+@dataclass(frozen=True, slots=True)
+class SettleMove:
+    """Where a facilitator's settle answer moves a paid challenge, and the audit event and reason it
+    records. The request's settle and the reconciler's read an answer the same way."""
+
+    status: ChallengeStatus
+    event: str
+    error_reason: str | None = None
+
+
+def move_for(answer: SettleResponse) -> SettleMove:
+    if answer.success:
+        return SettleMove(ChallengeStatus.SETTLED, "settled")
+    if answer.error_reason == fac_reasons.SETTLEMENT_PENDING:
+        return SettleMove(ChallengeStatus.SETTLEMENT_PENDING, "settlement_pending")
+    return SettleMove(
+        ChallengeStatus.FAILED, "settle_failed", answer.error_reason or reasons.SETTLEMENT_FAILED
+    )

@@ -21,7 +21,14 @@ from client.signing import pay_v1, pay_v2
 from resource_server.challenges.matching import Match, Refusal, match_v1, match_v2
 from resource_server.challenges.records import Challenge
 from resource_server.challenges.requirements import requirements_v1, requirements_v2
-from resource_server.challenges.states import ALLOWED, ChallengeStatus, IllegalTransition, check_transition
+from resource_server.challenges.states import (
+    ALLOWED,
+    ChallengeStatus,
+    IllegalTransition,
+    SettleMove,
+    check_transition,
+    move_for,
+)
 from resource_server.facilitator_client import (
     FacilitatorBadResponse,
     FacilitatorClient,
@@ -32,7 +39,7 @@ from resource_server.payment_headers import PaymentHeaderError, read_payment
 from resource_server.pricing.engine import quote
 from resource_server.pricing.loader import parse_pricing
 from shared.x402.codec import encode_json_header
-from shared.x402.models import PaymentRequirementsV1, PaymentRequirementsV2
+from shared.x402.models import PaymentRequirementsV1, PaymentRequirementsV2, SettleResponse
 
 PAY_TO = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
 PAYER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -56,6 +63,25 @@ def test_state_machine():
         with pytest.raises(IllegalTransition):
             check_transition(*illegal)
     assert [s for s in S if s.payable] == [S.ISSUED]
+
+
+def test_a_settle_answer_moves_a_paid_challenge_the_same_way_wherever_it_is_read():
+    def answer(success: bool, reason: str | None = None) -> SettleResponse:
+        return SettleResponse(
+            success=success, error_reason=reason, transaction="0xab", network="eip155:84532"
+        )
+
+    assert move_for(answer(True)) == SettleMove(S.SETTLED, "settled")
+    assert move_for(answer(False, "settlement_pending")) == SettleMove(
+        S.SETTLEMENT_PENDING, "settlement_pending"
+    )
+    assert move_for(answer(False, "insufficient_funds")) == SettleMove(
+        S.FAILED, "settle_failed", "insufficient_funds"
+    )
+    # A refusal without a reason still records one.
+    assert move_for(answer(False)) == SettleMove(S.FAILED, "settle_failed", "settlement_failed")
+    for move in (move_for(answer(True)), move_for(answer(False))):
+        assert (S.VERIFIED, move.status) in ALLOWED
 
 
 # -- requirements and challenges ----------------------------------------------------------------------------
