@@ -68,9 +68,11 @@ _AUTH_KEY_CONSTRAINT = "rs_payments_authorization_key"
 
 # The unpaid challenges a v1 payment may answer; expired ones included (a late payment should hear that
 # its challenge expired, not that none matched).
-_CANDIDATES = """SELECT * FROM rs_challenges
-                 WHERE route = $3 AND params_hash = $4 AND status IN ('issued', 'expired')
-                 ORDER BY issued_at DESC LIMIT $5"""
+def _candidates_sql(first: int) -> str:
+    """Route, params hash and limit are parameters `first`, `first` + 1 and `first` + 2."""
+    return f"""SELECT * FROM rs_challenges
+               WHERE route = ${first} AND params_hash = ${first + 1} AND status IN ('issued', 'expired')
+               ORDER BY issued_at DESC LIMIT ${first + 2}"""
 
 
 def _challenge(r: asyncpg.Record) -> Challenge:
@@ -227,9 +229,7 @@ class ChallengeStore:
         """Unpaid challenges of a route and parameters, newest first, expired ones included (a late payment
         should hear that its challenge expired, not that none matched)."""
         rows = await self.pool.fetch(
-            "SELECT *, now() AS db_now FROM rs_challenges"
-            " WHERE route = $1 AND params_hash = $2 AND status IN ('issued', 'expired')"
-            " ORDER BY issued_at DESC LIMIT $3",
+            f"SELECT c.*, now() AS db_now FROM ({_candidates_sql(1)}) c ORDER BY c.issued_at DESC",
             route,
             params_hash,
             limit,
@@ -259,7 +259,7 @@ class ChallengeStore:
         else:
             sql = f"""WITH received AS ({insert_sql(6)})
                       SELECT {used} AS used_by, now() AS db_now, c.*
-                      FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ({_CANDIDATES}) c ON true
+                      FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ({_candidates_sql(3)}) c ON true
                       ORDER BY c.issued_at DESC"""
             args = (payer, nonce, *candidates_of, limit)
         async with span("db.challenge.receive"):
