@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
-from eth_utils.crypto import keccak
 
 from client.cli import main
 from client.errors import PaymentRejected
@@ -30,6 +29,7 @@ from client.payer import X402Client
 from client.retry import RetryPolicy
 from client.selection import SpendingPolicy
 from shared.devchain.chain import DevChain
+from tests.fixtures.chain import usdc_transfer_logs
 from tests.fixtures.facilitator import RunningFacilitator
 from tests.support.sdk import (
     BODY,
@@ -45,7 +45,6 @@ pytestmark = pytest.mark.integration
 FUNDS = 1_000_000
 POLICY = SpendingPolicy(max_usd=Decimal("0.05"))
 FAST_RETRY = RetryPolicy(attempts=3, backoff_seconds=0.05)
-TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
 
 
@@ -151,25 +150,10 @@ def key_of(account: LocalAccount) -> str:
     return "0x" + bytes(account.key).hex()
 
 
-def transfers_to(dev_chain: DevChain, pay_to: str) -> list[dict[str, Any]]:
-    logs: list[dict[str, Any]] = dev_chain.rpc.request(
-        "eth_getLogs",
-        [
-            {
-                "address": dev_chain.usdc.address,
-                "fromBlock": "0x0",
-                "toBlock": "latest",
-                "topics": [TRANSFER_TOPIC, None, "0x" + "00" * 12 + pay_to[2:].lower()],
-            }
-        ],
-    )
-    return logs
-
-
 def assert_paid_once(dev_chain: DevChain, payer: LocalAccount, pay_to: str, proxy: FlakyProxy) -> None:
     assert len(proxy.payments) == 2, proxy.payments
     assert proxy.payments[0] == proxy.payments[1]  # the very same signed payment, resent
-    [transfer] = transfers_to(dev_chain, pay_to)
+    [transfer] = usdc_transfer_logs(dev_chain, pay_to)
     assert int(transfer["data"], 16) == PRICE_ATOMIC
     assert dev_chain.balance_of(payer.address) == FUNDS - PRICE_ATOMIC
     assert dev_chain.balance_of(pay_to) == PRICE_ATOMIC

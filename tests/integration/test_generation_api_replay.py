@@ -15,7 +15,6 @@ from uuid import UUID
 import httpx
 import pytest
 from eth_account.signers.local import LocalAccount
-from eth_utils.crypto import keccak
 
 from client.payer import X402Client
 from client.retry import RetryPolicy
@@ -26,6 +25,7 @@ from shared.devchain.chain import DevChain
 from shared.networks import chain_id_of
 from shared.x402.codec import decode_model_header, encode_json_header
 from shared.x402.models import PaymentPayloadV2, PaymentRequiredV2, PaymentRequirementsV2, SettleResponse
+from tests.fixtures.chain import usdc_transfer_logs
 from tests.integration.test_generation_api import (
     FUNDS,
     GenServer,
@@ -40,7 +40,6 @@ pytestmark = pytest.mark.integration
 __all__ = ["payer", "start_generation"]  # fixtures, shared with test_generation_api
 
 MUSIC_1S_PRICE = 4_800  # (0.001 + 0.002 + 0.0005 + 0.0005) x 1.2
-TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 FAST_RETRY = RetryPolicy(attempts=3, backoff_seconds=0.05)
 
 
@@ -68,18 +67,7 @@ async def claimed(gen: GenServer) -> int:
 
 
 def transfers_to(chain: DevChain, pay_to: str) -> list[int]:
-    logs: list[dict[str, Any]] = chain.rpc.request(
-        "eth_getLogs",
-        [
-            {
-                "address": chain.usdc.address,
-                "fromBlock": "0x0",
-                "toBlock": "latest",
-                "topics": [TRANSFER_TOPIC, None, "0x" + "00" * 12 + pay_to[2:].lower()],
-            }
-        ],
-    )
-    return [int(log["data"], 16) for log in logs]
+    return [int(log["data"], 16) for log in usdc_transfer_logs(chain, pay_to)]
 
 
 def deferred_answer(response: httpx.Response) -> SettleResponse:

@@ -29,7 +29,12 @@ from shared.x402.models import (
     SettleResponse,
 )
 from tests.fixtures.facilitator import RunningFacilitator, StartFacilitator, free_port
-from tests.fixtures.resource_server import ADMIN_KEY, RunningResourceServer, StartResourceServer
+from tests.fixtures.resource_server import (
+    ADMIN_KEY,
+    RunningResourceServer,
+    StartResourceServer,
+    pricing_defaults,
+)
 from tests.support.payments import new_address
 
 pytestmark = pytest.mark.integration
@@ -41,11 +46,9 @@ ITEM_PRICE = 2_500
 
 
 def pricing_toml(pay_to: str) -> str:
-    return f"""
-[defaults]
-pay_to = "{pay_to}"
-accepts = [{{ network = "{NETWORK}", token = "USDC" }}]
-
+    return (
+        pricing_defaults(pay_to, NETWORK)
+        + f"""
 [[routes]]
 method = "GET"
 path = "/weather"
@@ -89,6 +92,7 @@ method = "GET"
 path = "/fail"
 price = "$0.001"
 """
+    )
 
 
 async def boom(request: Request) -> Response:
@@ -145,13 +149,23 @@ def pay_to() -> str:
     return new_address()
 
 
+async def start_rs(
+    start_resource_server: StartResourceServer,
+    facilitator: RunningFacilitator,
+    pay_to: str,
+    **overrides: Any,
+) -> RunningResourceServer:
+    """This module's pricing and handlers, paid through `facilitator`; `overrides` are server settings."""
+    return await start_resource_server(
+        pricing_toml(pay_to), facilitator_urls=[facilitator.url], handlers=HANDLERS, **overrides
+    )
+
+
 @pytest.fixture
 async def rs(
     start_resource_server: StartResourceServer, facilitator: RunningFacilitator, pay_to: str
 ) -> RunningResourceServer:
-    return await start_resource_server(
-        pricing_toml(pay_to), facilitator_urls=[facilitator.url], handlers=HANDLERS
-    )
+    return await start_rs(start_resource_server, facilitator, pay_to)
 
 
 async def challenge_row(rs: RunningResourceServer, challenge_id: str) -> dict[str, Any]:

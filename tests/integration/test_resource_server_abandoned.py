@@ -27,19 +27,25 @@ from resource_server.challenges.records import PaymentKey
 from resource_server.challenges.store import ChallengeStore, ClaimOutcome
 from resource_server.facilitator_client import FacilitatorClient
 from resource_server.reconciler import ABANDONED_UNSETTLED, RecoverableRoutes, SettlementReconciler
-from shared.devchain.chain import DevChain
 from shared.x402.models import SettleResponse
 from tests.fixtures.facilitator import RunningFacilitator
-from tests.fixtures.resource_server import RunningResourceServer, StartResourceServer
-from tests.integration.test_resource_server import authorization_used, challenge_of, v2_header
+from tests.fixtures.resource_server import RunningResourceServer, StartResourceServer, pricing_defaults
+from tests.integration.test_resource_server import (
+    FUNDS,
+    ITEM_PRICE,
+    authorization_used,
+    challenge_of,
+    pay_to,
+    payer,
+    v2_header,
+)
 from tests.support.payments import new_address
 
 pytestmark = pytest.mark.integration
+__all__ = ["pay_to", "payer"]  # fixtures, shared with test_resource_server
 
 NETWORK = "eip155:84532"
-FUNDS = 1_000_000
 PRICE = 1_000
-ITEM_PRICE = 2_500
 SHORT_WINDOW = 9  # seconds of authorization validity asked by the `after` routes (verify needs >= 6)
 
 
@@ -63,11 +69,9 @@ HANDLERS = [Route("/crash", crash), Route("/weather", weather), Route("/items/{i
 
 
 def pricing_toml(pay_to: str) -> str:
-    return f"""
-[defaults]
-pay_to = "{pay_to}"
-accepts = [{{ network = "{NETWORK}", token = "USDC" }}]
-
+    return (
+        pricing_defaults(pay_to, NETWORK)
+        + f"""
 [[routes]]
 path = "/crash"
 price = "$0.001"
@@ -86,16 +90,7 @@ settlement = "before"
 type = "integer"
 min = 1
 """
-
-
-@pytest.fixture
-def payer(dev_chain: DevChain) -> LocalAccount:
-    return dev_chain.new_payer(FUNDS)
-
-
-@pytest.fixture
-def pay_to() -> str:
-    return new_address()
+    )
 
 
 async def start(
@@ -277,13 +272,8 @@ async def age(store: ChallengeStore, seconds: float) -> None:
 
 
 @pytest.fixture
-async def store(fresh_database: str) -> Any:
-    opened = ChallengeStore()
-    await opened.open(fresh_database)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(challenge_store: ChallengeStore) -> ChallengeStore:
+    return challenge_store
 
 
 ROUTES = RecoverableRoutes(settle_first=frozenset({"GET /first"}), settle_after=frozenset({"GET /after"}))

@@ -21,7 +21,13 @@ from shared.devchain.chain import DevChain
 from shared.x402.codec import decode_model_header, encode_json_header
 from shared.x402.models import PaymentRequiredV1, PaymentRequiredV2, SettleResponse
 from tests.fixtures.facilitator import RunningFacilitator, free_port
-from tests.fixtures.resource_server import RunningResourceServer, Served, StartResourceServer, serve_asgi
+from tests.fixtures.resource_server import (
+    RunningResourceServer,
+    Served,
+    StartResourceServer,
+    pricing_defaults,
+    serve_asgi,
+)
 from tests.support.payments import new_address
 
 pytestmark = pytest.mark.integration
@@ -31,11 +37,9 @@ PRICE = 1_000
 
 
 def pricing_toml(pay_to: str) -> str:
-    return f"""
-[defaults]
-pay_to = "{pay_to}"
-accepts = [{{ network = "eip155:84532", token = "USDC" }}]
-
+    return (
+        pricing_defaults(pay_to, "eip155:84532")
+        + """
 [[routes]]
 method = "GET"
 path = "/stream"
@@ -51,6 +55,7 @@ method = "POST"
 path = "/echo"
 price = "$0.001"
 """
+    )
 
 
 class Upstream:

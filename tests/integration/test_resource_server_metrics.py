@@ -14,6 +14,7 @@ from tests.integration.test_resource_server import (
     pay_to,
     payer,
     pricing_toml,
+    start_rs,
     v2_header,
 )
 
@@ -24,12 +25,7 @@ __all__ = ["pay_to", "payer"]  # fixtures, shared with test_resource_server
 @pytest.fixture
 async def rs(start_resource_server, facilitator, pay_to):
     # The reconciler's first pass sets the gauge; later passes would race the assertions on it.
-    return await start_resource_server(
-        pricing_toml(pay_to),
-        facilitator_urls=[facilitator.url],
-        handlers=HANDLERS,
-        reconcile_interval_seconds=3600.0,
-    )
+    return await start_rs(start_resource_server, facilitator, pay_to, reconcile_interval_seconds=3600.0)
 
 
 async def scrape(rs: RunningResourceServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

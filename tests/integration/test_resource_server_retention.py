@@ -4,7 +4,6 @@ period, in bounded batches; anything with a payment is kept, and 0 keeps everyth
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,13 +25,8 @@ DAY = 86400.0
 
 
 @pytest.fixture
-async def store(fresh_database: str) -> AsyncIterator[ChallengeStore]:
-    opened = ChallengeStore()
-    await opened.open(fresh_database)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(challenge_store: ChallengeStore) -> ChallengeStore:
+    return challenge_store
 
 
 def build(challenge_id: str, expires_at: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
+from tests.fixtures.resource_server import RunningResourceServer
 from tests.integration.test_resource_server import (
-    HANDLERS,
     WEATHER_PRICE,
     challenge_of,
     pay_to,
     payer,
-    pricing_toml,
+    start_rs,
     v1_header,
     v2_header,
 )
@@ -39,6 +40,11 @@ class Tally:
     round_trips: int = 0
     transactions: int = 0
     statements: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Tally) -> None:
+        self.round_trips += other.round_trips
+        self.transactions += other.transactions
+        self.statements += other.statements
 
 
 class PoolCounter:
@@ -98,18 +104,23 @@ class PoolCounter:
 @pytest.fixture
 async def rs(start_resource_server, facilitator, pay_to):
     # A reconciler that runs once at start and then sleeps: its sweeps would count as the requests'.
-    return await start_resource_server(
-        pricing_toml(pay_to),
-        facilitator_urls=[facilitator.url],
-        handlers=HANDLERS,
-        reconcile_interval_seconds=3600.0,
-    )
+    return await start_rs(start_resource_server, facilitator, pay_to, reconcile_interval_seconds=3600.0)
 
 
 async def settle_loggers() -> None:
     # Query loggers run through call_soon: let them run before reading the tally.
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+async def measured_get(
+    counter: PoolCounter, rs: RunningResourceServer, **kwargs: Any
+) -> tuple[httpx.Response, Tally]:
+    """GET /weather, and what the server's pool sent for it."""
+    with counter.measure() as one:
+        response = await rs.get("/weather", **kwargs)
+        await settle_loggers()
+    return response, one
 
 
 def report(label: str, tally: Tally, n: int) -> None:
@@ -126,29 +137,17 @@ async def test_round_trips_per_paid_request(dev_chain, rs, payer, pay_to, capsys
 
     issued, paid_v2, paid_v1 = Tally(), Tally(), Tally()
     for _ in range(REQUESTS):
-        with counter.measure() as one:
-            response = await rs.get("/weather")
-            await settle_loggers()
-        v2, v1 = challenge_of(response)
-        issued.round_trips += one.round_trips
-        issued.transactions += one.transactions
-        issued.statements += one.statements
-        with counter.measure() as one:
-            paid = await rs.get("/weather", headers=v2_header(payer, v2.accepts[0]))
-            await settle_loggers()
+        response, one = await measured_get(counter, rs)
+        v2, _ = challenge_of(response)
+        issued.add(one)
+        paid, one = await measured_get(counter, rs, headers=v2_header(payer, v2.accepts[0]))
         assert paid.status_code == 200, paid.text
-        paid_v2.round_trips += one.round_trips
-        paid_v2.transactions += one.transactions
-        paid_v2.statements += one.statements
+        paid_v2.add(one)
 
         _, v1 = challenge_of(await rs.get("/weather"))
-        with counter.measure() as one:
-            paid = await rs.get("/weather", headers=v1_header(payer, v1.accepts[0]))
-            await settle_loggers()
+        paid, one = await measured_get(counter, rs, headers=v1_header(payer, v1.accepts[0]))
         assert paid.status_code == 200, paid.text
-        paid_v1.round_trips += one.round_trips
-        paid_v1.transactions += one.transactions
-        paid_v1.statements += one.statements
+        paid_v1.add(one)
 
     with capsys.disabled():
         report("402 (challenge issued)", issued, REQUESTS)

@@ -32,7 +32,7 @@ from x402.mechanisms.evm.exact.v1.client import ExactEvmSchemeV1
 from resource_server.demo import DEMO_ROUTES
 from shared.devchain.chain import DevChain
 from tests.fixtures.facilitator import RunningFacilitator
-from tests.fixtures.resource_server import RunningResourceServer, StartResourceServer
+from tests.fixtures.resource_server import RunningResourceServer, StartResourceServer, pricing_defaults
 from tests.support.payments import new_address
 
 pytestmark = pytest.mark.integration
@@ -45,11 +45,9 @@ PARAMS: dict[str, Any] = {"duration": 12, "resolution": "1080p"}
 
 
 def pricing_toml(pay_to: str) -> str:
-    return f"""
-[defaults]
-pay_to = "{pay_to}"
-accepts = [{{ network = "{NETWORK}", token = "USDC" }}]
-
+    return (
+        pricing_defaults(pay_to, NETWORK)
+        + """
 [[routes]]
 method = "POST"
 path = "/render"
@@ -62,12 +60,13 @@ values = ["720p", "1080p"]
 [routes.price]
 base = "$0.0004"
 factors = [
-  {{ param = "duration" }},
-  {{ param = "resolution", table = {{ "720p" = "1.5", "1080p" = "2.25" }} }},
+  { param = "duration" },
+  { param = "resolution", table = { "720p" = "1.5", "1080p" = "2.25" } },
 ]
 markup_percent = "10"
 markup = "$0.002"
 """
+    )
 
 
 class HideV2Challenge(httpx.AsyncBaseTransport):

@@ -9,7 +9,6 @@ import asyncio
 import secrets
 import time
 import types
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -30,13 +29,8 @@ PAYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 
 
 @pytest.fixture
-async def store(fresh_database: str) -> AsyncIterator[ChallengeStore]:
-    opened = ChallengeStore()
-    await opened.open(fresh_database)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(challenge_store: ChallengeStore) -> ChallengeStore:
+    return challenge_store
 
 
 def build(challenge_id: str, expires_at: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
