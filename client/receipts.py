@@ -195,29 +195,38 @@ def _topic_address(topic: str) -> str:
 def transfer_problem(
     chain_receipt: dict[str, Any], *, token: str, payer: str, pay_to: str, amount: int, nonce: str
 ) -> str | None:
-    """None when the mined receipt's logs show this authorization used and this amount moved."""
-    used = moved = False
-    for log in chain_receipt.get("logs") or []:
-        if str(log.get("address", "")).lower() != token.lower():
-            continue  # an event of another contract proves nothing about the token
-        topics = [str(t).lower() for t in log.get("topics") or []]
-        if len(topics) != 3:
+    """None when the mined receipt's logs show this authorization used and this amount moved by it.
+
+    The token emits AuthorizationUsed(payer, nonce) and then, as its next event, the transfer's Transfer:
+    they are checked as that pair, so in a transaction carrying several transfers (a batch) another call's
+    Transfer cannot vouch for this authorization."""
+    events = [
+        [str(t).lower() for t in log.get("topics") or []] + [str(log.get("data") or "0x")]
+        for log in chain_receipt.get("logs") or []
+        if str(log.get("address", "")).lower() == token.lower()  # another contract's event proves nothing
+    ]
+    used = False
+    for i, event in enumerate(events):
+        if not (
+            len(event) == 4
+            and event[0] == _AUTHORIZATION_USED
+            and _topic_address(event[1]) == payer.lower()
+            and event[2] == nonce.lower()
+        ):
             continue
-        if topics[0] == _AUTHORIZATION_USED:
-            used = used or (_topic_address(topics[1]) == payer.lower() and topics[2] == nonce.lower())
-        elif topics[0] == _TRANSFER:
-            data = str(log.get("data") or "0x")
-            value = int(data, 16) if data not in ("0x", "") else 0
-            moved = moved or (
-                _topic_address(topics[1]) == payer.lower()
-                and _topic_address(topics[2]) == pay_to.lower()
-                and value == amount
-            )
+        used = True
+        moved = events[i + 1] if i + 1 < len(events) else []
+        if (
+            len(moved) == 4
+            and moved[0] == _TRANSFER
+            and _topic_address(moved[1]) == payer.lower()
+            and _topic_address(moved[2]) == pay_to.lower()
+            and (int(moved[3], 16) if moved[3] not in ("0x", "") else 0) == amount
+        ):
+            return None
     if not used:
         return f"no AuthorizationUsed({payer}, {nonce}) event of {token}"
-    if not moved:
-        return f"no Transfer of {amount} from {payer} to {pay_to} by {token}"
-    return None
+    return f"no Transfer of {amount} from {payer} to {pay_to} by {token} right after its AuthorizationUsed"
 
 
 def _int(value: Any) -> int | None:

@@ -24,8 +24,8 @@ from .settlement.ledger import Ledger, SettlementRow
 from .settlement.receipt_checks import receipt_succeeded, transfer_matches
 from .settlement.states import Status
 
-TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
-NONCE = re.compile(r"^0x[0-9a-fA-F]{64}$")  # an EIP-3009 authorization nonce (bytes32)
+# A transaction hash or an EIP-3009 nonce: 32 bytes in hex. Matched whole (fullmatch: no trailing newline).
+BYTES32_HEX = re.compile(r"0x[0-9a-fA-F]{64}")
 
 P = TypeVar("P")
 
@@ -193,7 +193,28 @@ class ReceiptService:
             bytes.fromhex(str(tx.get("input", "0x"))[2:]),
             lambda address: self.registry.get(network.chain_id, address),
         )
-        found = select_payment([(d["nonce"], (t, d)) for t, d in transfers], nonce)
+        mined = receipt if isinstance(receipt, dict) else None
+
+        def happened(token: Token, decoded: dict[str, Any]) -> bool:
+            # The logs decide, not the transaction's status alone: a batch succeeds even when an inner
+            # transfer fails, and then only that transfer's AuthorizationUsed and Transfer logs are missing.
+            return (
+                mined is not None
+                and receipt_succeeded(mined)
+                and transfer_matches(
+                    mined,
+                    token=token.address,
+                    payer=decoded["payer"],
+                    pay_to=decoded["payTo"],
+                    amount=decoded["amount"],
+                    auth_nonce=decoded["nonce"],
+                )
+                is None
+            )
+
+        # Calls that reuse one nonce (only one of them can succeed): the one that did answers for it.
+        ranked = sorted(transfers, key=lambda td: not happened(*td))
+        found = select_payment([(d["nonce"], (t, d)) for t, d in ranked], nonce)
         if found is None:
             return None
         token, decoded = found
@@ -207,29 +228,16 @@ class ReceiptService:
         }
         if len(transfers) > 1:
             doc["paymentsInTransaction"] = len(transfers)
-        if not isinstance(receipt, dict):
+        if mined is None:
             doc["status"] = "pending"
             doc["confirmations"] = 0
             return doc
-        block_number = to_int(receipt["blockNumber"])
-        # The logs decide, not the transaction's status alone: a batch succeeds even when an inner
-        # transfer fails, and then only that transfer's AuthorizationUsed and Transfer logs are missing.
-        ok = (
-            receipt_succeeded(receipt)
-            and transfer_matches(
-                receipt,
-                token=token.address,
-                payer=decoded["payer"],
-                pay_to=decoded["payTo"],
-                amount=decoded["amount"],
-                auth_nonce=decoded["nonce"],
-            )
-            is None
-        )
+        block_number = to_int(mined["blockNumber"])
+        ok = happened(token, decoded)
         doc.update(
             status="confirmed" if ok else "failed",
             blockNumber=block_number,
-            blockHash=receipt.get("blockHash"),
+            blockHash=mined.get("blockHash"),
             confirmations=_confirmations(block_number, await _head(network)) if ok else 0,
         )
         return doc

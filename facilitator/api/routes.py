@@ -16,7 +16,7 @@ from shared.x402.models import SettleResponse, VerifyResponse, WireModel
 
 from ..exact_evm.payment import Rejected
 from ..health import readiness
-from ..receipts import NONCE, TX_HASH, AmbiguousReceipt
+from ..receipts import BYTES32_HEX, AmbiguousReceipt
 from ..service import Facilitator, NetworkUnavailable
 from ..wire import BadRequest, network_hint, parse_request
 
@@ -106,14 +106,14 @@ def receipt_nonce(values: list[str]) -> tuple[str | None, str | None]:
         return None, None
     if len(values) > 1:
         return None, "give one nonce, not several"
-    if not NONCE.match(values[0]):
+    if not BYTES32_HEX.fullmatch(values[0]):
         return None, "nonce must be 0x followed by 64 hex digits (the payment's EIP-3009 authorization nonce)"
     return values[0].lower(), None
 
 
 async def receipt(request: Request) -> Response:
     tx_hash = request.path_params["tx_hash"]
-    if not TX_HASH.match(tx_hash):
+    if not BYTES32_HEX.fullmatch(tx_hash):
         return _error(400, "txHash must be 0x followed by 64 hex digits")
     nonce, problem = receipt_nonce(request.query_params.getlist("nonce"))
     if problem is not None:

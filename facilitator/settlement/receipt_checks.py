@@ -14,32 +14,44 @@ def _topic_address(topic: str) -> str:
 def transfer_matches(
     receipt: dict[str, Any], *, token: str, payer: str, pay_to: str, amount: int, auth_nonce: str
 ) -> str | None:
-    """None when the receipt shows this very transfer; otherwise what is missing."""
-    token_l = token.lower()
-    used = transferred = False
-    for log in receipt.get("logs") or []:
-        if str(log.get("address", "")).lower() != token_l:
+    """None when the receipt shows this very transfer; otherwise what is missing.
+
+    `transferWithAuthorization` emits AuthorizationUsed(payer, nonce) and then, as the token's next event,
+    its Transfer. The two are checked as that pair: a transaction that carries several transfers (a
+    batch) must not let one call's AuthorizationUsed vouch for another call's Transfer."""
+    token_l, payer_l = token.lower(), payer.lower()
+    events = [
+        [str(t).lower() for t in log.get("topics") or []] + [str(log.get("data") or "0x")]
+        for log in receipt.get("logs") or []
+        if str(log.get("address", "")).lower() == token_l
+    ]
+    used = False
+    for i, event in enumerate(events):
+        if not _is_authorization_used(event, payer_l, auth_nonce.lower()):
             continue
-        topics = [str(t).lower() for t in log.get("topics") or []]
-        if not topics:
-            continue
-        if topics[0] == "0x" + AUTHORIZATION_USED_TOPIC.hex() and len(topics) == 3:
-            if _topic_address(topics[1]) == payer.lower() and topics[2] == auth_nonce.lower():
-                used = True
-        elif topics[0] == "0x" + TRANSFER_TOPIC.hex() and len(topics) == 3:
-            data = str(log.get("data", "0x"))
-            value = int(data, 16) if data not in ("0x", "") else 0
-            if (
-                _topic_address(topics[1]) == payer.lower()
-                and _topic_address(topics[2]) == pay_to.lower()
-                and value == amount
-            ):
-                transferred = True
+        used = True
+        following = events[i + 1] if i + 1 < len(events) else []
+        if _is_transfer(following, payer_l, pay_to.lower(), amount):
+            return None
     if not used:
         return "no AuthorizationUsed event for this payer and nonce"
-    if not transferred:
-        return "no Transfer event of the authorized amount to payTo"
-    return None
+    return "no Transfer event of the authorized amount to payTo"
+
+
+def _is_authorization_used(event: list[str], payer: str, nonce: str) -> bool:
+    return (
+        len(event) == 4
+        and event[0] == "0x" + AUTHORIZATION_USED_TOPIC.hex()
+        and _topic_address(event[1]) == payer
+        and event[2] == nonce
+    )
+
+
+def _is_transfer(event: list[str], payer: str, pay_to: str, amount: int) -> bool:
+    if len(event) != 4 or event[0] != "0x" + TRANSFER_TOPIC.hex():
+        return False
+    value = int(event[3], 16) if event[3] not in ("0x", "") else 0
+    return _topic_address(event[1]) == payer and _topic_address(event[2]) == pay_to and value == amount
 
 
 def receipt_succeeded(receipt: dict[str, Any]) -> bool:

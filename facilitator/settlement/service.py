@@ -170,6 +170,8 @@ class SettlementService:
         # Verify first and let the insert decide who is first: a repeat of a known authorization fails
         # verification (used nonce) or loses the insert, and only then is the ledger read.
         verified = self._recent.take(digest)
+        if verified is not None and verified.chain_id != chain_id:
+            verified = None  # the payload hash does not cover the network: verified for another chain
         if verified is None:
             try:
                 verified = await self.verifier.verify(payment, simulate=self.simulate)

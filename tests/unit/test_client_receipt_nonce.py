@@ -8,7 +8,15 @@ import httpx
 import pytest
 
 from client.cli import main
-from client.receipts import AmbiguousReceipt, ReceiptUnavailable, check_document, fetch_document
+from client.receipts import (
+    _AUTHORIZATION_USED,
+    _TRANSFER,
+    AmbiguousReceipt,
+    ReceiptUnavailable,
+    check_document,
+    fetch_document,
+    transfer_problem,
+)
 
 TX = "0x" + "cd" * 32
 NONCE = "0x" + "aa" * 32
@@ -94,3 +102,25 @@ def test_receipt_refuses_a_malformed_nonce(capsys, bad):
     code, _, err = run(capsys, "receipt", TX, "--nonce", bad, "--facilitator", FACILITATOR, "--rpc-url", "x")
     assert code == 2
     assert "--nonce: must be 0x followed by 64 hex digits (an EIP-3009 nonce)" in err
+
+
+def test_the_chain_check_pairs_each_authorization_with_the_transfer_right_after_it():
+    """In a batch, another call's Transfer must not vouch for this authorization: the token emits
+    AuthorizationUsed and then that transfer's Transfer."""
+    token, payer, pay_to = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
+
+    def topic(address: str) -> str:
+        return "0x" + address[2:].rjust(64, "0")
+
+    def used(nonce: str) -> dict[str, Any]:
+        return {"address": token, "topics": [_AUTHORIZATION_USED, topic(payer), nonce], "data": "0x"}
+
+    def moved(to: str, amount: int) -> dict[str, Any]:
+        return {"address": token, "topics": [_TRANSFER, topic(payer), topic(to)], "data": hex(amount)}
+
+    crafted = {"logs": [used(NONCE), moved(payer, 1), used(OTHER), moved(pay_to, 100)]}
+    kwargs: dict[str, Any] = dict(token=token, payer=payer, pay_to=pay_to, amount=100)
+    assert transfer_problem(crafted, nonce=NONCE, **kwargs) == (
+        f"no Transfer of 100 from {payer} to {pay_to} by {token} right after its AuthorizationUsed"
+    )
+    assert transfer_problem(crafted, nonce=OTHER, **kwargs) is None

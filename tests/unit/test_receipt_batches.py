@@ -236,7 +236,7 @@ async def test_lookup_in_the_ledger_by_nonce():
 def test_receipt_nonce_parameter():
     assert receipt_nonce([]) == (None, None)
     assert receipt_nonce([NONCE_A.upper().replace("0X", "0x")]) == (NONCE_A, None)
-    for bad in ["", "0x1234", NONCE_A[2:], NONCE_A + "0", "0x" + "zz" * 32]:
+    for bad in ["", "0x1234", NONCE_A[2:], NONCE_A + "0", NONCE_A + "\n", "0x" + "zz" * 32]:
         nonce, problem = receipt_nonce([bad])
         assert nonce is None
         assert problem == (

@@ -200,6 +200,25 @@ def test_both_events_are_required() -> None:
     assert check(only_used) == "no Transfer event of the authorized amount to payTo"
 
 
+def test_in_a_batch_the_transfer_must_follow_its_own_authorization() -> None:
+    """A crafted batch: this payer's nonce is used by a tiny transfer to someone else, and another of its
+    authorizations moves the full amount to payTo. Both events are there, but not as one transfer's pair."""
+    base = receipt()
+    used, transfer = base["logs"]
+    other_nonce = "0x" + "77" * 32
+    tiny = {
+        **transfer,
+        "topics": [TRANSFER, topic_address(PAYER), topic_address(FACILITATOR)],
+        "data": "0x01",
+    }
+    used_elsewhere = {**used, "topics": [AUTHORIZATION_USED, topic_address(PAYER), other_nonce]}
+    crafted = receipt(logs=[used, tiny, used_elsewhere, transfer])
+    assert check(crafted) == "no Transfer event of the authorized amount to payTo"
+    assert check(crafted, auth_nonce=other_nonce) is None  # that authorization did pay payTo
+    # The same four events with each pair in place: both transfers are shown.
+    assert check(receipt(logs=[used_elsewhere, tiny, used, transfer])) is None
+
+
 def test_reverted_receipt() -> None:
     reverted = receipt(status="0x0", logs=[])
     assert not receipt_succeeded(reverted)
