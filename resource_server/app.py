@@ -82,7 +82,10 @@ def create_app(
     generation: GenerationApi | None = None,
 ) -> Starlette:
     runtime = Runtime.build(
-        settings, pricing, owned=generation.endpoint.matches if generation is not None else None
+        settings,
+        pricing,
+        owned=generation.endpoint.matches if generation is not None else None,
+        endpoint_routes=generation.endpoint.route_keys if generation is not None else (),
     )
     if generation is not None:
         # One /metrics for both: the generation stack's registry (rebuilt at each start) is followed.

@@ -16,6 +16,9 @@ CHALLENGE_USED: Final = "challenge_already_used"
 PAYMENT_USED: Final = "payment_already_used"
 NO_MATCHING_CHALLENGE: Final = "no_matching_challenge"
 SETTLEMENT_FAILED: Final = "settlement_failed"
+# Release reason of a payment whose settle may have been sent and whose outcome was not recorded: asked once
+# its authorization had expired, the facilitator had never settled it, so nothing was charged.
+ABANDONED_UNSETTLED: Final = "abandoned_unsettled"
 
 INVALID_PAYMENT_HEADER: Final = "invalid_payment_header"
 INVALID_PARAMS: Final = "invalid_params"

@@ -31,7 +31,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +40,10 @@ import structlog
 from shared.x402 import reasons as fac_reasons
 from shared.x402.models import SettleResponse
 
+from . import reasons
 from .audit import AuditEntry
 from .challenges.records import PendingSettlement
-from .challenges.states import ChallengeStatus, move_for
+from .challenges.states import ChallengeStatus, move_for, never_settled
 from .challenges.store import ChallengeStore, StuckPayment
 from .facilitator_client import FacilitatorClient, FacilitatorError
 from .metrics import ResourceServerMetrics
@@ -50,7 +51,6 @@ from .pricing.model import PricingConfig, SettlementPolicy
 
 log = structlog.get_logger(__name__)
 
-ABANDONED_UNSETTLED = "abandoned_unsettled"  # release reason of an abandoned claim that was never settled
 # Past validBefore by this much (clock skew between the database, the facilitator and the chain), no
 # transaction can move the authorization's money any more.
 EXPIRY_MARGIN_SECONDS = 60.0
@@ -67,10 +67,17 @@ class RecoverableRoutes:
 
     @classmethod
     def of(
-        cls, pricing: PricingConfig, *, owned: Callable[[str, str], bool] | None = None
+        cls,
+        pricing: PricingConfig,
+        *,
+        owned: Callable[[str, str], bool] | None = None,
+        endpoint_routes: Collection[str] = (),
     ) -> RecoverableRoutes:
         """The pricing file's routes, except those `owned(method, path)` says a priced endpoint serves (its
-        payments are its own to settle, e.g. a job's)."""
+        payments are its own to settle, e.g. a job's). `endpoint_routes`, the route keys a priced endpoint
+        issues challenges for, join the `after` routes: a claim the endpoint never took over (the request
+        died before its job existed, so no `settlement_deferred` note names an owner) is resolved once its
+        authorization has expired."""
         first: set[str] = set()
         after: set[str] = set()
         for route in pricing.routes:
@@ -80,7 +87,7 @@ class RecoverableRoutes:
                 first.add(route.key)
             elif route.settlement is SettlementPolicy.AFTER:
                 after.add(route.key)
-        return cls(frozenset(first), frozenset(after))
+        return cls(frozenset(first), frozenset(after) | frozenset(endpoint_routes))
 
 
 class SettlementReconciler:
@@ -181,9 +188,7 @@ class SettlementReconciler:
             "attempt": payment.attempts + 1,
             "abandoned": {"policy": policy, "verifiedAt": item.verified_at.isoformat()},
         }
-        if not answer.success and answer.error_reason == fac_reasons.VALID_BEFORE:
-            # No settlement reached the facilitator (a repeat would have had the first one's outcome), and
-            # none can any more: the payer keeps the money.
+        if never_settled(answer):
             message = (
                 "the request was abandoned before its payment was settled; the authorization expired "
                 "unsettled, nothing was charged"
@@ -193,7 +198,7 @@ class SettlementReconciler:
                 ChallengeStatus.VERIFIED,
                 ChallengeStatus.RELEASED,
                 event="released",
-                detail={"reason": ABANDONED_UNSETTLED, "message": message, **detail},
+                detail={"reason": reasons.ABANDONED_UNSETTLED, "message": message, **detail},
             )
             return ChallengeStatus.RELEASED if moved else None
         return await self._record(payment.challenge_id, ChallengeStatus.VERIFIED, answer, detail)

@@ -3,7 +3,7 @@ reconciler and metrics, opened and closed with the application's lifespan."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from .challenges.store import ChallengeStore
@@ -37,9 +37,11 @@ class Runtime:
         pricing: PricingConfig,
         *,
         owned: Callable[[str, str], bool] | None = None,
+        endpoint_routes: Collection[str] = (),
     ) -> Runtime:
         """`owned(method, path)`: routes a priced endpoint serves, whose payments it settles itself (the
-        reconciler leaves their abandoned claims alone)."""
+        reconciler leaves their abandoned claims alone); `endpoint_routes`: the route keys of its
+        challenges, whose claims no job took over are resolved after expiry (`RecoverableRoutes.of`)."""
         metrics = ResourceServerMetrics()
         store = ChallengeStore(metrics=metrics)
         facilitator = FacilitatorClient(
@@ -54,7 +56,7 @@ class Runtime:
             facilitator,
             interval=settings.reconcile_interval_seconds,
             lease_seconds=settings.reconcile_lease_seconds,
-            routes=RecoverableRoutes.of(pricing, owned=owned),
+            routes=RecoverableRoutes.of(pricing, owned=owned, endpoint_routes=endpoint_routes),
             stuck_after_seconds=settings.stuck_verified_after_seconds,
             retention_seconds=settings.expired_retention_seconds,
             metrics=metrics,

@@ -89,6 +89,12 @@ class SettleMove:
     error_reason: str | None = None
 
 
+def never_settled(answer: SettleResponse) -> bool:
+    """Asked after the authorization expired: a settle that never reached the facilitator fails on the
+    expiry now (a repeat of one that did gets its first outcome back), and none can charge it any more."""
+    return not answer.success and answer.error_reason == fac_reasons.VALID_BEFORE
+
+
 def move_for(answer: SettleResponse) -> SettleMove:
     if answer.success:
         return SettleMove(ChallengeStatus.SETTLED, "settled")

@@ -66,6 +66,7 @@ class StuckPayment:
 
 _AUTH_KEY_CONSTRAINT = "rs_payments_authorization_key"
 
+
 # The unpaid challenges a v1 payment may answer; expired ones included (a late payment should hear that
 # its challenge expired, not that none matched).
 def _candidates_sql(first: int) -> str:

@@ -56,6 +56,9 @@ class GenerateEndpoint:
     def __init__(self, api: GenerationApi) -> None:
         self.api = api
 
+    # The route key of every challenge this endpoint issues (offers.Terms.route).
+    route_keys = frozenset({f"POST {GENERATE_PATH}"})
+
     def matches(self, method: str, path: str) -> bool:
         return path == GENERATE_PATH and method.upper() == "POST"
 

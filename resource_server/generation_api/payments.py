@@ -51,6 +51,18 @@ OPEN: Final = frozenset({HELD, SETTLING, PENDING})
 RESULT_RELEASED_BY: Final = frozenset({SETTLED, PENDING})
 
 
+# Past validBefore by this much (clock skew between us, the facilitator and the chain), no transaction can
+# move the authorization's money any more.
+AUTHORIZATION_EXPIRY_MARGIN_SECONDS: Final = 60.0
+
+
+def settle_may_have_gone_out(job: JobRecord) -> bool:
+    """A settle-on-accept payment was sent to the facilitator with the job's 202 (a job still held as
+    `settling` means its outcome was never recorded), and a completed job's failed hook may have sent one
+    before it gave up. A deferred job that did not complete was never settled."""
+    return job.settlement_status == SETTLING or (job.status is JobStatus.COMPLETED and job.final_attempts > 0)
+
+
 class PaymentStillHeld(RuntimeError):
     """The payment could not be decided this time (the hook is retried)."""
 
@@ -100,18 +112,31 @@ class JobPayments:
 
     async def _decide(self, job: JobRecord, held: HeldPayment) -> None:
         context: dict[str, object] = {"jobId": str(job.id), "jobStatus": job.status.value}
+        left = held.valid_before - self.clock()
+        if job.status is JobStatus.COMPLETED and left >= self.release_before_expiry_seconds:
+            # Raises on facilitator trouble with the payment still held: the worker retries the hook. A
+            # repeat of a settle that went out before gets that settle's outcome.
+            await self.paywall.settle(held, release_unsent=False, context=context)
+            return
+        if settle_may_have_gone_out(job):
+            # Releasing now could record as unpaid money that moved; settling now could charge for a job
+            # that failed. Once the authorization has expired, the facilitator can say which it was.
+            if left > -AUTHORIZATION_EXPIRY_MARGIN_SECONDS:
+                raise PaymentStillHeld(
+                    f"job {job.id}: a settle may have been sent; asking once the authorization has expired"
+                )
+            if job.final_error:
+                context["finalError"] = job.final_error
+            await self.paywall.settle(held, release_unsent=False, after_expiry=True, context=context)
+            return
         if job.status is not JobStatus.COMPLETED:
             if job.failure_code:
                 context["failure"] = job.failure_code
             await self.paywall.release(held, reason=f"job_{job.status.value}", detail=context)
             return
-        left = held.valid_before - self.clock()
-        if left < self.release_before_expiry_seconds:
-            context["secondsLeft"] = round(left, 1)
-            await self.paywall.release(held, reason="authorization_expiring", detail=context)
-            return
-        # Raises on facilitator trouble with the payment still held: the worker retries the hook.
-        await self.paywall.settle(held, release_unsent=False, context=context)
+        # Completed too close to the authorization's expiry for a settlement to land, none ever tried.
+        context["secondsLeft"] = round(left, 1)
+        await self.paywall.release(held, reason="authorization_expiring", detail=context)
 
     async def _copy(self, job: JobRecord, state: PaymentState) -> None:
         if (state.status, state.tx_hash) == (job.settlement_status, job.payment_tx_hash):

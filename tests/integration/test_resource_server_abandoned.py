@@ -26,7 +26,8 @@ from resource_server.challenges.matching import Match
 from resource_server.challenges.records import PaymentKey
 from resource_server.challenges.store import ChallengeStore, ClaimOutcome
 from resource_server.facilitator_client import FacilitatorClient
-from resource_server.reconciler import ABANDONED_UNSETTLED, RecoverableRoutes, SettlementReconciler
+from resource_server.reasons import ABANDONED_UNSETTLED
+from resource_server.reconciler import RecoverableRoutes, SettlementReconciler
 from shared.x402.models import SettleResponse
 from tests.fixtures.facilitator import RunningFacilitator
 from tests.fixtures.resource_server import RunningResourceServer, StartResourceServer, pricing_defaults

@@ -30,9 +30,16 @@ from resource_server.generation_api.parsing import (
     parse_quote,
     validate_inputs,
 )
-from resource_server.generation_api.payments import PaymentState
+from resource_server.generation_api.payments import (
+    AUTHORIZATION_EXPIRY_MARGIN_SECONDS,
+    JobPayments,
+    PaymentState,
+    PaymentStillHeld,
+    settle_may_have_gone_out,
+)
 from resource_server.generation_api.sse import format_event, parse_last_event_id
 from resource_server.generation_api.views import job_view, timings
+from resource_server.paywall import HeldPayment
 from resource_server.pricing.loader import parse_pricing
 from resource_server.pricing.model import SettlementPolicy
 from resource_server.pricing.money import to_atomic
@@ -398,3 +405,65 @@ def test_sse_frames_carry_the_event_id_and_last_event_id_is_strict():
         None,
         None,
     ]
+
+
+# -- the job's settlement hook: release, settle, or wait and ask -------------------------------------------
+
+
+class FakePaywall:
+    """Records what the hook asks of the paywall."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def settle(self, held: HeldPayment, **kwargs: Any) -> None:
+        self.calls.append(("settle", kwargs))
+
+    async def release(self, held: HeldPayment, **kwargs: Any) -> None:
+        self.calls.append(("release", kwargs))
+
+
+def held_payment(valid_before: int) -> HeldPayment:
+    return HeldPayment("c" * 32, PAY_TO, "eip155:84532", {}, {}, valid_before)
+
+
+NOW = 1_000_000
+
+
+async def decide(job: JobRecord, seconds_left: float) -> list[tuple[str, dict[str, Any]]]:
+    paywall = FakePaywall()
+    payments = JobPayments(paywall, None, release_before_expiry_seconds=15.0, clock=lambda: NOW)  # type: ignore[arg-type]
+    await payments._decide(job, held_payment(int(NOW + seconds_left)))
+    return paywall.calls
+
+
+async def test_a_completed_job_in_time_settles_and_one_that_did_not_complete_is_released() -> None:
+    [(what, kwargs)] = await decide(record(status=JobStatus.COMPLETED), 600)
+    assert what == "settle" and kwargs["release_unsent"] is False and not kwargs.get("after_expiry")
+    [(what, kwargs)] = await decide(record(status=JobStatus.FAILED, failure_code="provider_error"), 600)
+    assert what == "release" and kwargs["reason"] == "job_failed"
+    # Completed too late for a settlement to land, on the hook's first try: released, nothing was ever sent.
+    [(what, kwargs)] = await decide(record(status=JobStatus.COMPLETED), 10)
+    assert what == "release" and kwargs["reason"] == "authorization_expiring"
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        # Settle-on-accept: the settle went out with the 202 and its outcome was never recorded.
+        record(status=JobStatus.CANCELED, settlement_status="settling"),
+        # A completed job whose earlier hook run may have sent a settle before it failed or timed out.
+        record(status=JobStatus.COMPLETED, final_attempts=2, final_error="TimeoutError: "),
+    ],
+    ids=["settle-on-accept", "completed-after-a-failed-hook"],
+)
+async def test_a_payment_whose_settle_may_have_gone_out_is_never_released_blind(job: JobRecord) -> None:
+    assert settle_may_have_gone_out(job)
+    with pytest.raises(PaymentStillHeld):  # before the authorization expired: neither settle nor release
+        await decide(job, 10)
+    with pytest.raises(PaymentStillHeld):  # within the margin after it
+        await decide(job, -AUTHORIZATION_EXPIRY_MARGIN_SECONDS + 1)
+    # Past it: the facilitator is asked; an answer that it never settled releases, any other is recorded.
+    [(what, kwargs)] = await decide(job, -AUTHORIZATION_EXPIRY_MARGIN_SECONDS - 1)
+    assert what == "settle" and kwargs["after_expiry"] is True and kwargs["release_unsent"] is False
+    assert not settle_may_have_gone_out(record(status=JobStatus.CANCELED, settlement_status="held"))

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from resource_server.audit import AuditEntry
 from resource_server.config import ResourceServerSettings
 from resource_server.generation.metrics import GenerationMetrics
+from resource_server.generation_api.endpoint import GenerateEndpoint
 from resource_server.metrics import ResourceServerMetrics
 from resource_server.pricing.loader import parse_pricing
 from resource_server.reconciler import RecoverableRoutes
@@ -121,3 +122,10 @@ def test_recoverable_routes_follow_each_routes_policy_and_skip_owned_ones():
     )
     owned = RecoverableRoutes.of(pricing, owned=lambda method, path: (method, path) == ("POST", "/generate"))
     assert owned.settle_after == frozenset({"GET /weather"})
+    # A priced endpoint's own challenges: a claim no job took over is resolved once it expired.
+    with_endpoint = RecoverableRoutes.of(
+        pricing,
+        owned=lambda method, path: (method, path) == ("POST", "/generate"),
+        endpoint_routes=GenerateEndpoint.route_keys,
+    )
+    assert with_endpoint.settle_after == frozenset({"GET /weather", "POST /generate"})
