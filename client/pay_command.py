@@ -38,7 +38,6 @@ DEFAULT_MAX_USD = Decimal("0.10")
 
 # PAYMENT-RESPONSE errorReason of our resource server for paid work that outlives the request (generation
 # jobs): the payment was verified and is held, settled when the work completes, released if it fails.
-SETTLEMENT_DEFERRED = "settlement_deferred"
 
 SettlementState = Literal["settled", "pending", "deferred", "failed"]
 
@@ -193,7 +192,7 @@ def settlement_state(settlement: SettleResponse) -> SettlementState:
     transaction is broadcast but was not confirmed within its wait; the server served the request)."""
     if settlement.success:
         return "settled"
-    if settlement.error_reason == SETTLEMENT_DEFERRED:
+    if settlement.error_reason == reasons.SETTLEMENT_DEFERRED:
         return "deferred"
     if settlement.error_reason == reasons.SETTLEMENT_PENDING:
         return "pending"

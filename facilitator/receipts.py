@@ -126,13 +126,8 @@ def decode_transfer_input(data: bytes) -> dict[str, Any] | None:
 
 def batch_calls(data: bytes) -> list[tuple[str, bytes]] | None:
     """The (target, calldata) calls of a Multicall3 `tryAggregate` input; None for any other input."""
-    if data[:4] != calls.TRY_AGGREGATE:
-        return None
-    try:
-        _, inner = decode(["bool", "(address,bytes)[]"], data[4:])
-    except Exception:
-        return None
-    return [(normalize_address(target), bytes(calldata)) for target, calldata in inner]
+    inner = calls.decode_try_aggregate_input(data)
+    return None if inner is None else [(normalize_address(target), calldata) for target, calldata in inner]
 
 
 def transfers_in_transaction(

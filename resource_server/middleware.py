@@ -33,6 +33,7 @@ from typing import Literal
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.x402 import reasons as fac_reasons
 from shared.x402.codec import encode_json_header
 from shared.x402.models import SettleResponse
 
@@ -61,7 +62,6 @@ log = structlog.get_logger(__name__)
 
 Mode = Literal["buffered", "stream"]
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-SETTLEMENT_DEFERRED = "settlement_deferred"  # PAYMENT-RESPONSE errorReason: verified, settled later
 REPLAYED_HEADER = "Idempotent-Replayed"  # "true" on the answer to a deferred payment sent again
 
 
@@ -450,7 +450,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 def _deferred_headers(attempt: PaymentAttempt, challenge_id: str) -> Headers:
     answer = SettleResponse(
         success=False,
-        error_reason=SETTLEMENT_DEFERRED,
+        error_reason=fac_reasons.SETTLEMENT_DEFERRED,
         error_message="the payment is verified and held; it is settled when the work completes",
         transaction="",
         network=attempt.network,

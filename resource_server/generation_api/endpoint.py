@@ -15,6 +15,7 @@ import asyncpg
 from starlette.requests import Request
 from starlette.types import Scope
 
+from .. import reasons
 from ..challenges.states import ChallengeStatus
 from ..generation.engine.pricing import PriceBreakdown
 from ..generation.engine.tools import Tool
@@ -44,7 +45,9 @@ class AcceptedRequest:
 
 
 def storage_answer() -> EndpointAnswer:
-    return EndpointAnswer(503, "storage_unavailable", "job storage is unavailable; nothing was charged", 2)
+    return EndpointAnswer(
+        503, reasons.STORAGE_UNAVAILABLE, "job storage is unavailable; nothing was charged", 2
+    )
 
 
 def accepted_request(scope: Scope) -> AcceptedRequest | None:
@@ -73,7 +76,7 @@ class GenerateEndpoint:
         except RequestError as exc:
             return EndpointAnswer(exc.status, exc.error, exc.message)
         except PricingError as exc:
-            return EndpointAnswer(400, "unpriceable", str(exc))
+            return EndpointAnswer(400, reasons.UNPRICEABLE, str(exc))
         # A paid request is admitted by `admit`, with its payer (the queue counts there too), after which a
         # resent payment can still be recognised when the queue has filled since its first request.
         if not _carries_payment(scope):

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from .. import reasons
 from ..api import OrjsonResponse
 from ..challenges.requirements import payment_required_v1, payment_required_v2, resource_info
 from ..generation.artifacts import ArtifactNotFound
@@ -75,7 +76,10 @@ def guarded(handler: Handler) -> Handler:
             return await handler(request)
         except (*STORAGE_ERRORS, StorageUnavailable):
             return _error(
-                503, "storage_unavailable", "job storage is unavailable; try again shortly", retry_after=2
+                503,
+                reasons.STORAGE_UNAVAILABLE,
+                "job storage is unavailable; try again shortly",
+                retry_after=2,
             )
 
     return run
@@ -138,7 +142,7 @@ async def tool_quote(request: Request) -> Response:
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_QUOTE_BODY:
-            return _error(413, "body_too_large", f"the quote request exceeds {MAX_QUOTE_BODY} bytes")
+            return _error(413, reasons.BODY_TOO_LARGE, f"the quote request exceeds {MAX_QUOTE_BODY} bytes")
     try:
         tool = find_tool(api.engine.tools, str(request.path_params["tool_id"]))
         inputs = validate_inputs(tool, parse_quote(bytes(body)))
@@ -146,12 +150,12 @@ async def tool_quote(request: Request) -> Response:
     except RequestError as exc:
         return _error(exc.status, exc.error, exc.message)
     except PricingError as exc:
-        return _error(400, "unpriceable", str(exc))
+        return _error(400, reasons.UNPRICEABLE, str(exc))
     base = api.base_url(request)
     challenge = await api.paywall.issue(PricedRequest(quote.route, quote, base + GENERATE_PATH))
     route = quote.route
     v2 = payment_required_v2(
-        challenge.requirements, resource_info(route, challenge.resource), "payment_required"
+        challenge.requirements, resource_info(route, challenge.resource), reasons.PAYMENT_REQUIRED
     )
     return OrjsonResponse(
         {
@@ -168,7 +172,9 @@ async def tool_quote(request: Request) -> Response:
                 "expiresAtIso": challenge.expires_at.isoformat(),
             },
             "paymentRequired": v2.to_wire(),
-            "paymentRequiredV1": payment_required_v1(challenge.requirements_v1, "payment_required").to_wire(),
+            "paymentRequiredV1": payment_required_v1(
+                challenge.requirements_v1, reasons.PAYMENT_REQUIRED
+            ).to_wire(),
             "generate": base + GENERATE_PATH,
         }
     )
@@ -256,7 +262,9 @@ async def job_events(request: Request) -> Response:
         request.headers.get("last-event-id") or request.query_params.get("lastEventId")
     )
     if after is None:
-        return _error(400, "invalid_request", "Last-Event-ID must be an event id (a non-negative integer)")
+        return _error(
+            400, reasons.INVALID_REQUEST, "Last-Event-ID must be an event id (a non-negative integer)"
+        )
     return StreamingResponse(
         event_stream(api.engine, job.id, after),
         media_type="text/event-stream",

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from .. import reasons
 from ..generation.engine.params import InvalidParams
 from ..generation.engine.tools import Tool
 from ..generation.webhooks.addresses import AllowList, DestinationRefused, check_webhook_url
@@ -56,9 +57,9 @@ def _object(body: bytes, shape: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body) if body.strip() else None
     except orjson.JSONDecodeError:
-        raise RequestError(400, "invalid_request", f"the body must be JSON: {shape}") from None
+        raise RequestError(400, reasons.INVALID_REQUEST, f"the body must be JSON: {shape}") from None
     if not isinstance(data, dict):
-        raise RequestError(400, "invalid_request", f"the body must be a JSON object: {shape}")
+        raise RequestError(400, reasons.INVALID_REQUEST, f"the body must be a JSON object: {shape}")
     return data
 
 
@@ -67,11 +68,11 @@ def parse_generate(body: bytes) -> GenerateRequest:
     unknown = sorted(set(data) - _GENERATE_KEYS)
     if unknown:
         raise RequestError(
-            400, "invalid_request", f"unknown field {unknown[0]!r} (allowed: tool, inputs, delivery)"
+            400, reasons.INVALID_REQUEST, f"unknown field {unknown[0]!r} (allowed: tool, inputs, delivery)"
         )
     tool = data.get("tool")
     if not isinstance(tool, str) or not tool:
-        raise RequestError(400, "invalid_request", "tool must name a tool (GET /tools lists them)")
+        raise RequestError(400, reasons.INVALID_REQUEST, "tool must name a tool (GET /tools lists them)")
     inputs = data.get("inputs", {})
     if not isinstance(inputs, dict):
         raise RequestError(400, "invalid_inputs", "inputs must be a JSON object")
@@ -121,7 +122,7 @@ def parse_quote(body: bytes) -> dict[str, Any]:
     data = _object(body, '{"inputs": {...}}')
     unknown = sorted(set(data) - {"inputs"})
     if unknown:
-        raise RequestError(400, "invalid_request", f"unknown field {unknown[0]!r} (allowed: inputs)")
+        raise RequestError(400, reasons.INVALID_REQUEST, f"unknown field {unknown[0]!r} (allowed: inputs)")
     inputs = data.get("inputs", {})
     if not isinstance(inputs, dict):
         raise RequestError(400, "invalid_inputs", "inputs must be a JSON object")

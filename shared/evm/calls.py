@@ -80,8 +80,22 @@ def is_valid_signature(digest: bytes, signature: bytes) -> bytes:
     return IS_VALID_SIGNATURE + encode(["bytes32", "bytes"], [digest, signature])
 
 
+_TRY_AGGREGATE_ARGS = ["bool", "(address,bytes)[]"]
+
+
 def try_aggregate(calls: list[tuple[str, bytes]], *, require_success: bool = False) -> bytes:
-    return TRY_AGGREGATE + encode(["bool", "(address,bytes)[]"], [require_success, calls])
+    return TRY_AGGREGATE + encode(_TRY_AGGREGATE_ARGS, [require_success, calls])
+
+
+def decode_try_aggregate_input(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The (target, calldata) calls of a `tryAggregate` call's input; None for any other input."""
+    if data[:4] != TRY_AGGREGATE:
+        return None
+    try:
+        _, inner = decode(_TRY_AGGREGATE_ARGS, data[4:])
+    except Exception:
+        return None
+    return [(str(target), bytes(calldata)) for target, calldata in inner]
 
 
 def decode_try_aggregate(data: bytes) -> list[tuple[bool, bytes]]:

@@ -42,5 +42,8 @@ SMART_WALLET_DEPLOYMENT_FAILED: Final = "smart_wallet_deployment_failed"
 
 # Facilitator-side conditions
 SETTLEMENT_PENDING: Final = "settlement_pending"
+# A resource server's PAYMENT-RESPONSE for a payment it verified and holds, to settle when the paid work
+# ends (a job): success false, no transaction yet. Not a facilitator answer.
+SETTLEMENT_DEFERRED: Final = "settlement_deferred"
 NETWORK_UNAVAILABLE: Final = "network_unavailable"
 UNEXPECTED_SETTLE_ERROR: Final = "unexpected_settle_error"
