@@ -22,7 +22,7 @@ from .challenges.requirements import payment_required_v1, payment_required_v2, r
 from .challenges.store import StoreNotReady
 from .paywall import PricedRequest, StorageUnavailable
 from .pricing.engine import PricingError, quote
-from .pricing.model import PriceRule, Route
+from .pricing.model import AcceptOption, PriceRule, Route
 from .pricing.money import format_decimal
 from .pricing.params import ParamError, ParamSource, validate_params
 from .runtime import Runtime
@@ -94,20 +94,32 @@ def describe_route(route: Route) -> dict[str, Any]:
         "maxTimeoutSeconds": route.max_timeout_seconds,
         "price": describe_price(route.price),
         "params": {p.name: p.describe() for p in route.params},
-        "accepts": [
-            {
-                "scheme": "exact",
-                "network": o.token.network,
-                **({"v1Network": o.token.v1_network} if o.token.v1_network else {}),
-                "asset": o.token.address,
-                "symbol": o.token.symbol,
-                "decimals": o.token.decimals,
-                "payTo": o.pay_to,
-                **({"amount": fixed[o.token.address]} if o.token.address in fixed else {}),
-            }
-            for o in route.accepts
-        ],
+        "accepts": [describe_accept(o, fixed.get(o.token.address)) for o in route.accepts],
     }
+
+
+def describe_accept(option: AcceptOption, amount: str | None = None) -> dict[str, Any]:
+    """One way to pay, as /pricing and the generation catalogue list it; `amount` when the price is fixed."""
+    return {
+        "scheme": "exact",
+        "network": option.token.network,
+        **({"v1Network": option.token.v1_network} if option.token.v1_network else {}),
+        "asset": option.token.address,
+        "symbol": option.token.symbol,
+        "decimals": option.token.decimals,
+        "payTo": option.pay_to,
+        **({"amount": amount} if amount is not None else {}),
+    }
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it exceeds `limit` bytes (the rest is not read)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 async def pricing(request: Request) -> Response:
@@ -122,11 +134,9 @@ async def pricing(request: Request) -> Response:
 
 async def quote_endpoint(request: Request) -> Response:
     runtime = _runtime(request)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_QUOTE_BODY:
-            return _error(413, reasons.BODY_TOO_LARGE, f"the quote request exceeds {MAX_QUOTE_BODY} bytes")
+    body = await read_body(request, MAX_QUOTE_BODY)
+    if body is None:
+        return _error(413, reasons.BODY_TOO_LARGE, f"the quote request exceeds {MAX_QUOTE_BODY} bytes")
     try:
         data = json.loads(body, parse_float=Decimal)
     except (ValueError, UnicodeDecodeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from ..api import describe_accept
 from ..generation.engine.tools import Tool
 from ..pricing.money import format_decimal
 from .offers import GENERATE_PATH, PaymentTerms
@@ -60,18 +61,7 @@ def describe_payment(tool: Tool, terms: PaymentTerms) -> dict[str, Any]:
         "x402Version": 2,
         "settlement": "on_completion" if terms.deferred(tool) else "on_accept",
         "maxTimeoutSeconds": terms.max_timeout_seconds(tool),
-        "accepts": [
-            {
-                "scheme": "exact",
-                "network": o.token.network,
-                **({"v1Network": o.token.v1_network} if o.token.v1_network else {}),
-                "asset": o.token.address,
-                "symbol": o.token.symbol,
-                "decimals": o.token.decimals,
-                "payTo": o.pay_to,
-            }
-            for o in terms.accepts
-        ],
+        "accepts": [describe_accept(o) for o in terms.accepts],
     }
 
 

@@ -25,7 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from .. import reasons
-from ..api import OrjsonResponse
+from ..api import MAX_QUOTE_BODY, OrjsonResponse, read_body
 from ..challenges.requirements import payment_required_v1, payment_required_v2, resource_info
 from ..generation.artifacts import ArtifactNotFound
 from ..generation.engine.admission import AdmissionRefused
@@ -43,7 +43,6 @@ from .parsing import RequestError, find_tool, parse_quote, validate_inputs
 from .service import GenerationApi
 from .sse import event_stream, parse_last_event_id
 
-MAX_QUOTE_BODY = 64 * 1024
 NOT_FOUND = "job_not_found"
 NOT_FOUND_MESSAGE = "no such job, or not visible with these credentials (X-Job-Token, ?token= or X-Job-Auth)"
 
@@ -138,14 +137,12 @@ async def tool_detail(request: Request) -> Response:
 @guarded
 async def tool_quote(request: Request) -> Response:
     api = _api(request)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_QUOTE_BODY:
-            return _error(413, reasons.BODY_TOO_LARGE, f"the quote request exceeds {MAX_QUOTE_BODY} bytes")
+    body = await read_body(request, MAX_QUOTE_BODY)
+    if body is None:
+        return _error(413, reasons.BODY_TOO_LARGE, f"the quote request exceeds {MAX_QUOTE_BODY} bytes")
     try:
         tool = find_tool(api.engine.tools, str(request.path_params["tool_id"]))
-        inputs = validate_inputs(tool, parse_quote(bytes(body)))
+        inputs = validate_inputs(tool, parse_quote(body))
         quote, breakdown = api.terms.offer(tool, inputs)
     except RequestError as exc:
         return _error(exc.status, exc.error, exc.message)
