@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
+from .listener import ChannelListener
 from .records import JobEvent
 from .store import NOTIFY_CHANNEL, JobNotFound, JobStore
 
@@ -26,27 +25,17 @@ class JobEventHub:
         self.store = store
         self.poll_seconds = poll_seconds
         self._waiters: dict[UUID, set[asyncio.Event]] = defaultdict(set)
-        self._conn: Any = None
+        self._listener: ChannelListener | None = None
 
     async def start(self) -> None:
         """Begin listening. Optional: without it followers simply poll every ``poll_seconds``."""
-        if self._conn is not None:
-            return
-        conn = await self.store.pool.acquire()
-        try:
-            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except BaseException:
-            await self.store.pool.release(conn)
-            raise
-        self._conn = conn
+        if self._listener is None:  # the store's pool exists once the store is open
+            self._listener = ChannelListener(self.store.pool, NOTIFY_CHANNEL, self._on_notify)
+        await self._listener.start()
 
     async def stop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-        await self.store.pool.release(conn)
+        if self._listener is not None:
+            await self._listener.stop()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:

@@ -8,10 +8,11 @@ costs latency, never a job."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import asyncpg
+
+from .listener import ChannelListener
 
 QUEUE_CHANNEL = "generation_jobs_queued"
 
@@ -19,27 +20,14 @@ QUEUE_CHANNEL = "generation_jobs_queued"
 class QueueWaker:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._conn: Any = None
+        self._listener = ChannelListener(pool, QUEUE_CHANNEL, self._on_notify)
         self._slots: set[asyncio.Event] = set()
 
     async def start(self) -> None:
-        if self._conn is not None:
-            return
-        conn = await self.pool.acquire()
-        try:
-            await conn.add_listener(QUEUE_CHANNEL, self._on_notify)
-        except BaseException:
-            await self.pool.release(conn)
-            raise
-        self._conn = conn
+        await self._listener.start()
 
     async def stop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-            await conn.remove_listener(QUEUE_CHANNEL, self._on_notify)
-        await self.pool.release(conn)
+        await self._listener.stop()
 
     def slot(self) -> asyncio.Event:
         """An event set whenever a job is queued; the slot clears it before each claim attempt, so a
