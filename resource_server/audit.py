@@ -69,18 +69,26 @@ class AuditEntry:
 AUDIT_PARAMS = 7  # placeholders per entry
 
 
+AUDIT_COLUMNS = "INSERT INTO rs_audit (challenge_id, event, from_status, to_status, payer, tx_hash, detail) "
+
+
+def select_sql(first: int, *, source: str | None = None, payer: str | None = None) -> str:
+    """The SELECT that yields one AuditEntry's row from its `params()` starting at placeholder $first (see
+    `insert_sql`); several joined with UNION ALL write several entries in one INSERT, in order."""
+    p = [f"${first + i}" for i in range(AUDIT_PARAMS)]
+    payer_sql = f"COALESCE({p[4]}::text, lower({payer}))" if payer else f"{p[4]}::text"
+    return (
+        f"SELECT {p[0]}::text, {p[1]}::text, {p[2]}::text, {p[3]}::text, {payer_sql}, {p[5]}::text, "
+        f"{p[6]}::jsonb" + (f" FROM {source}" if source else "")
+    )
+
+
 def insert_sql(first: int, *, source: str | None = None, payer: str | None = None) -> str:
     """An INSERT of one AuditEntry whose `params()` start at placeholder $first: a statement of its own, or
     a data-modifying CTE of the statement that makes the change (PostgreSQL runs those even unread). With
     `source` (a CTE's name) it writes one row per row of that CTE, so none when nothing changed; `payer` is
     SQL for the payer when the entry names none (e.g. the changed row's own)."""
-    p = [f"${first + i}" for i in range(AUDIT_PARAMS)]
-    payer_sql = f"COALESCE({p[4]}::text, lower({payer}))" if payer else f"{p[4]}::text"
-    return (
-        "INSERT INTO rs_audit (challenge_id, event, from_status, to_status, payer, tx_hash, detail) "
-        f"SELECT {p[0]}::text, {p[1]}::text, {p[2]}::text, {p[3]}::text, {payer_sql}, {p[5]}::text, "
-        f"{p[6]}::jsonb" + (f" FROM {source}" if source else "")
-    )
+    return AUDIT_COLUMNS + select_sql(first, source=source, payer=payer)
 
 
 async def write_event(

@@ -6,9 +6,11 @@ Order matters for safety: nothing is claimed before the facilitator says the pay
 payment cannot burn a client's challenge), and the claim (unique authorization + issued -> verified) is one
 statement, so a payment unlocks one request even across replicas racing on the same database.
 
-A paid request costs three database round trips (each one statement and one transaction): `receive`
-before verifying, `claim` after, and the settle (or release) transition. Matching stays pure, between the
-read and the claim.
+A paid request costs at most three database round trips (each one statement and one transaction):
+`receive` before verifying, `claim` after, and the settle (or release) transition. A v2 payment for a
+challenge this process issued skips `receive`: the challenge is matched from memory and the attempt's audit
+row goes with the claim, which decides as before (see challenges/issued.py); only a refusal then reads the
+database, to tell a used payment apart. Matching stays pure, between the read and the claim.
 
 A used payment is refused, except on a `deferred` route when it is the very payment that unlocked a request
 there (same stored payload, route and priced parameters): a client whose answer was lost resends the same
@@ -27,7 +29,7 @@ import asyncpg
 import structlog
 
 from shared.x402 import reasons as fac_reasons
-from shared.x402.models import SettleResponse
+from shared.x402.models import SettleResponse, VerifyResponse
 
 from . import reasons
 from .audit import AuditEntry
@@ -183,21 +185,38 @@ class Paywall:
     ) -> Authorized | Denied | Replayed:
         """Raises FacilitatorUnavailable / FacilitatorBadResponse (nothing claimed) and StorageUnavailable.
         `Replayed` only on a deferred route (see the module's docstring)."""
-        route_key, params_hash = priced.route.key, priced.quote.params_hash
-        received_note = AuditEntry(
-            "payment_received",
-            attempt.challenge_id,
-            payer=attempt.payer,
-            detail={
-                "x402Version": attempt.version,
-                "network": attempt.network,
-                "payTo": attempt.pay_to,
-                "value": str(attempt.value),
-                "nonce": attempt.nonce,
-                "route": route_key,
-                "paramsHash": params_hash,
-            },
+        received_note = _received_note(priced, attempt)
+        issued = (
+            self.store.take_issued(attempt.challenge_id)
+            if attempt.version == 2 and attempt.challenge_id is not None
+            else None
         )
+        if issued is not None:
+            found = _match(priced, attempt, [issued], exclude=())
+            if isinstance(found, Match):
+                # Issued here and matched from memory: the attempt's audit row goes with the claim.
+                try:
+                    answer = await self.facilitator.verify(attempt.payload, found.requirement)
+                except (FacilitatorUnavailable, FacilitatorBadResponse):
+                    await self._record_quietly(received_note)
+                    raise
+                if answer.is_valid:
+                    return await self._claim(priced, attempt, found, answer.to_wire(), received=received_note)
+                return await self._receive(priced, attempt, received_note, refused=(found, answer))
+            # A refusal is decided as for any attempt: on what the database holds, with its audit rows.
+        return await self._receive(priced, attempt, received_note, refused=None)
+
+    async def _receive(
+        self,
+        priced: PricedRequest,
+        attempt: PaymentAttempt,
+        received_note: AuditEntry,
+        *,
+        refused: tuple[Match, VerifyResponse] | None,
+    ) -> Authorized | Denied | Replayed:
+        """Records the attempt and decides it on what the database holds. `refused`: the match and the
+        facilitator's refusal of an attempt already verified (only a used payment can change that answer)."""
+        route_key, params_hash = priced.route.key, priced.quote.params_hash
         async with _storage():
             received = await self.store.receive(
                 received_note,
@@ -217,35 +236,59 @@ class Paywall:
                     reasons.PAYMENT_USED,
                     f"this payment already unlocked a request (challenge {received.used_by})",
                 )
-        found = _match(priced, attempt, received.challenges, exclude=())
-        if isinstance(found, Refusal):
-            return await self._refuse(priced, attempt, found)
+        if refused is not None:
+            found, answer = refused
+        else:
+            match = _match(priced, attempt, received.challenges, exclude=())
+            if isinstance(match, Refusal):
+                return await self._refuse(priced, attempt, match)
+            found = match
+            answer = await self.facilitator.verify(attempt.payload, found.requirement)
+            if answer.is_valid:
+                return await self._claim(priced, attempt, found, answer.to_wire())
+        async with _storage():
+            await self.store.record(
+                "verify_refused",
+                challenge_id=found.challenge.id,
+                payer=attempt.payer,
+                detail={"facilitator": answer.to_wire()},
+            )
+        reason = answer.invalid_reason or fac_reasons.INVALID_PAYLOAD
+        message = answer.invalid_message or "the facilitator refused the payment"
+        # The challenge was not consumed: the client may pay it again, correctly this time.
+        return Denied(reason, message, found.challenge)
 
-        answer = await self.facilitator.verify(attempt.payload, found.requirement)
-        if not answer.is_valid:
+    async def _record_quietly(self, entry: AuditEntry) -> None:
+        """An audit row on the way to another error's answer: a storage failure is only logged."""
+        try:
             async with _storage():
-                await self.store.record(
-                    "verify_refused",
-                    challenge_id=found.challenge.id,
-                    payer=attempt.payer,
-                    detail={"facilitator": answer.to_wire()},
-                )
-            reason = answer.invalid_reason or fac_reasons.INVALID_PAYLOAD
-            message = answer.invalid_message or "the facilitator refused the payment"
-            # The challenge was not consumed: the client may pay it again, correctly this time.
-            return Denied(reason, message, found.challenge)
-
-        return await self._claim(priced, attempt, found, answer.to_wire())
+                await self.store.record_entry(entry)
+        except StorageUnavailable:
+            log.error("audit_note_lost", challenge_id=entry.challenge_id, audit_event=entry.event)
 
     async def _claim(
-        self, priced: PricedRequest, attempt: PaymentAttempt, found: Match, verify_answer: dict[str, object]
+        self,
+        priced: PricedRequest,
+        attempt: PaymentAttempt,
+        found: Match,
+        verify_answer: dict[str, object],
+        *,
+        received: AuditEntry | None = None,
     ) -> Authorized | Denied | Replayed:
+        """`received`: the attempt's audit row, when no `receive` wrote it."""
         async with _storage():
             taken: list[str] = []
             for _ in range(_V1_CLAIM_RETRIES):
                 outcome = await self.store.claim(
-                    found, version=attempt.version, payload=attempt.payload, verify_answer=verify_answer
+                    found,
+                    version=attempt.version,
+                    payload=attempt.payload,
+                    verify_answer=verify_answer,
+                    received=received,
                 )
+                if received is not None and outcome is ClaimOutcome.PAYMENT_USED:
+                    await self.store.record_entry(received)  # that outcome wrote nothing
+                received = None
                 if outcome is ClaimOutcome.CLAIMED:
                     return Authorized(priced, attempt, found)
                 if outcome is ClaimOutcome.PAYMENT_USED:
@@ -463,3 +506,20 @@ def _same_request(priced: PricedRequest, prior: Challenge) -> bool:
 
 def _held(payment: Authorized | HeldPayment) -> HeldPayment:
     return payment.held() if isinstance(payment, Authorized) else payment
+
+
+def _received_note(priced: PricedRequest, attempt: PaymentAttempt) -> AuditEntry:
+    return AuditEntry(
+        "payment_received",
+        attempt.challenge_id,
+        payer=attempt.payer,
+        detail={
+            "x402Version": attempt.version,
+            "network": attempt.network,
+            "payTo": attempt.pay_to,
+            "value": str(attempt.value),
+            "nonce": attempt.nonce,
+            "route": priced.route.key,
+            "paramsHash": priced.quote.params_hash,
+        },
+    )

@@ -3,8 +3,10 @@ status, written with its audit row by the same statement (a data-modifying CTE),
 one challenge cannot both move it and a crash never leaves a change without its record.
 
 Each step of a paid request is one statement, one round trip and one transaction: `issue` (the 402),
-`receive` (the attempt's audit row, the replay check and the challenge(s) to match, before verifying),
-`claim` (after verifying), `transition` (after settling or releasing).
+`receive` (the attempt's audit row, the replay check and the challenge(s) to match, before verifying; a
+challenge this process issued needs none, see paywall), `claim` (after verifying), `transition` (after
+settling or releasing). Issues and transitions that arrive together share their statement (a group commit:
+`shared.coalescer`), so under load one round trip serves many requests.
 
 The pool must come from shared.storage.database.connect_pool (JSONB decoded to Python values)."""
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import importlib.resources
 import secrets
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -21,10 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from shared.storage.database import connect_pool, migrate
+from shared.coalescer import Coalescer
+from shared.storage.database import connect_pool, encode_json, migrate
 from shared.telemetry.tracing import span
 
-from ..audit import AuditEntry, AuditEvent, insert_sql, query_events, write_event
+from ..audit import (
+    AUDIT_COLUMNS,
+    AUDIT_PARAMS,
+    AuditEntry,
+    AuditEvent,
+    insert_sql,
+    query_events,
+    select_sql,
+    write_event,
+)
+from .issued import IssuedChallenges
 from .matching import Match
 from .records import Challenge, PendingSettlement, StoredPayment
 from .states import ChallengeStatus, check_transition
@@ -62,6 +75,33 @@ class StuckPayment:
     payment: PendingSettlement
     route: str  # Route.key: its settlement policy tells whether a settle may have been sent
     verified_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _NewChallenge:
+    id: str
+    route: str
+    resource: str
+    params: dict[str, Any]
+    params_hash: str
+    price: dict[str, Any]
+    requirements: list[dict[str, Any]]
+    requirements_v1: list[dict[str, Any]]
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    current: ChallengeStatus
+    new: ChallengeStatus
+    error_reason: str | None
+    settle_attempt: bool
+    entry: AuditEntry  # its challenge_id names the challenge; its tx_hash goes on the row too
+
+    @property
+    def challenge_id(self) -> str:
+        assert self.entry.challenge_id is not None
+        return self.entry.challenge_id
 
 
 _AUTH_KEY_CONSTRAINT = "rs_payments_authorization_key"
@@ -107,6 +147,10 @@ class ChallengeStore:
         # The database's clock minus ours (seconds), as last seen. Expiries are judged by the database's
         # clock; with this a challenge's expiry is computed before its INSERT, which saves a round trip.
         self._clock_offset: float | None = None
+        self.issued = IssuedChallenges()  # what `take_issued` hands out
+        self._issues: Coalescer[_NewChallenge, datetime] = Coalescer(self._insert_group)
+        # One group at a time: a group locks its rows in id order, so groups never deadlock on each other.
+        self._moves: Coalescer[_Move, bool] = Coalescer(self._move_group)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -156,33 +200,35 @@ class ChallengeStore:
         challenge_id = secrets.token_hex(16)
         if self._clock_offset is None:
             self._observe_clock(await self.pool.fetchval("SELECT now()"))
-        assert self._clock_offset is not None
-        expires_at = datetime.fromtimestamp(time.time() + self._clock_offset + ttl_seconds, UTC)
+        expires_at = datetime.fromtimestamp(self.estimated_now() + ttl_seconds, UTC)
         v2, v1 = build(challenge_id, int(expires_at.timestamp()))
-        noted = f"WITH noted AS ({insert_sql(10)}) " if note else ""
+        new = _NewChallenge(challenge_id, route, resource, params, params_hash, price, v2, v1, expires_at)
         async with span("db.challenge.issue"):
-            db_now = await self.pool.fetchval(
-                noted
-                + """INSERT INTO rs_challenges (id, route, resource, params, params_hash, price, requirements,
-                         requirements_v1, issued_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9)
-                     RETURNING issued_at""",
-                challenge_id,
-                route,
-                resource,
-                params,
-                params_hash,
-                price,
-                v2,
-                v1,
-                expires_at,
-                *(note.params() if note else ()),
-            )
+            if note is None:
+                db_now = await self._issues.submit(new)
+            else:
+                db_now = await self.pool.fetchval(
+                    f"WITH noted AS ({insert_sql(10)}) "
+                    """INSERT INTO rs_challenges (id, route, resource, params, params_hash, price,
+                           requirements, requirements_v1, issued_at, expires_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), $9)
+                       RETURNING issued_at""",
+                    challenge_id,
+                    route,
+                    resource,
+                    params,
+                    params_hash,
+                    price,
+                    v2,
+                    v1,
+                    expires_at,
+                    *note.params(),
+                )
         self._observe_clock(db_now)
         if self.metrics is not None:
             self.metrics.issued(note)
         # Built from what was sent rather than read back: the requirements are JSON values already.
-        return Challenge(
+        challenge = Challenge(
             id=challenge_id,
             route=route,
             resource=resource,
@@ -196,6 +242,46 @@ class ChallengeStore:
             expires_at=expires_at,
             now=db_now,
         )
+        self.issued.add(challenge)
+        return challenge
+
+    def take_issued(self, challenge_id: str) -> Challenge | None:
+        """The challenge, if this process issued it and no payment has named it yet; removed (see
+        challenges/issued.py). Its `now` is the database's clock as estimated here."""
+        if self._clock_offset is None:
+            return None
+        return self.issued.take(challenge_id, now=datetime.fromtimestamp(self.estimated_now(), UTC))
+
+    async def _insert_group(self, group: list[_NewChallenge]) -> list[datetime]:
+        issued_at = await self.pool.fetchval(
+            """WITH ins AS (
+                   INSERT INTO rs_challenges (id, route, resource, params, params_hash, price, requirements,
+                       requirements_v1, issued_at, expires_at)
+                   SELECT id, route, resource, params::jsonb, params_hash, price::jsonb, requirements::jsonb,
+                          requirements_v1::jsonb, now(), expires_at
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                               $7::text[], $8::text[], $9::timestamptz[])
+                       AS t(id, route, resource, params, params_hash, price, requirements, requirements_v1,
+                            expires_at)
+                   RETURNING issued_at)
+               SELECT max(issued_at) FROM ins""",
+            [c.id for c in group],
+            [c.route for c in group],
+            [c.resource for c in group],
+            [encode_json(c.params) for c in group],
+            [c.params_hash for c in group],
+            [encode_json(c.price) for c in group],
+            [encode_json(c.requirements) for c in group],
+            [encode_json(c.requirements_v1) for c in group],
+            [c.expires_at for c in group],
+        )
+        return [issued_at] * len(group)  # now() is the transaction's start: one value for every row
+
+    def estimated_now(self) -> float:
+        """The database's clock (unix seconds) as last observed, never ahead of it: see `_observe_clock`."""
+        if self._clock_offset is None:
+            raise StoreNotReady("the database's clock has not been read yet")
+        return time.time() + self._clock_offset
 
     def _observe_clock(self, db_now: datetime) -> None:
         # Read after the answer arrived: the offset errs low by the answer's travel time, so an expiry
@@ -273,12 +359,19 @@ class ChallengeStore:
         )
 
     async def claim(
-        self, match: Match, *, version: int, payload: dict[str, Any], verify_answer: dict[str, Any]
+        self,
+        match: Match,
+        *,
+        version: int,
+        payload: dict[str, Any],
+        verify_answer: dict[str, Any],
+        received: AuditEntry | None = None,
     ) -> ClaimOutcome:
         """Binds a verified payment to its challenge in one statement: moves the challenge issued ->
         verified (a conditional UPDATE: one winner among racing replicas), records the authorization under
         its unique key, and writes the `verified` audit row. A used authorization makes the INSERT fail,
-        which aborts the whole statement: both or neither."""
+        which aborts the whole statement: both or neither. `received`, the attempt's audit row when no
+        `receive` wrote it, goes first in the same INSERT (written whatever the outcome, but that abort)."""
         key, challenge = match.key, match.challenge
         entry = AuditEntry(
             "verified",
@@ -295,6 +388,7 @@ class ChallengeStore:
                 "facilitator": verify_answer,
             },
         )
+        first_row = f"{select_sql(9 + AUDIT_PARAMS)} UNION ALL " if received else ""
         try:
             async with span("db.challenge.claim"):
                 row = await self.pool.fetchrow(
@@ -306,7 +400,7 @@ class ChallengeStore:
                             INSERT INTO rs_payments (chain_id, asset, payer, auth_nonce, challenge_id,
                                 x402_version, payload, requirements)
                             SELECT $1, $2, $3, $4, id, $6, $7, $8 FROM moved RETURNING challenge_id),
-                        logged AS ({insert_sql(9, source="paid")})
+                        logged AS ({AUDIT_COLUMNS}{first_row}{select_sql(9, source="paid")})
                         SELECT (SELECT count(*) FROM paid) AS claimed,
                                c.status = 'expired' OR c.expires_at <= now() AS expired
                         FROM rs_challenges c WHERE c.id = $5""",
@@ -319,11 +413,14 @@ class ChallengeStore:
                     payload,
                     match.requirement,
                     *entry.params(),
+                    *(received.params() if received else ()),
                 )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == _AUTH_KEY_CONSTRAINT:
                 return ClaimOutcome.PAYMENT_USED
             return ClaimOutcome.CHALLENGE_TAKEN  # a payment row for this challenge already exists
+        if received is not None and self.metrics is not None:
+            self.metrics.recorded(received)
         if row is not None and row["claimed"]:
             if self.metrics is not None:
                 self.metrics.recorded(entry)
@@ -364,25 +461,65 @@ class ChallengeStore:
             to_status=new,
         )
         async with span("db.challenge.transition"):
-            moved = await self.pool.fetchval(
-                f"""WITH moved AS (
-                        UPDATE rs_challenges SET status = $3, tx_hash = COALESCE($4, tx_hash),
-                            error_reason = COALESCE($5, error_reason), updated_at = now(),
-                            settle_attempts = settle_attempts + $6, lease_owner = NULL, lease_until = NULL
-                        WHERE id = $1 AND status = $2 RETURNING payer),
-                    logged AS ({insert_sql(7, source="moved", payer="moved.payer")})
-                    SELECT count(*) FROM moved""",
-                challenge_id,
-                current.value,
-                new.value,
-                tx_hash or None,
-                error_reason,
-                1 if settle_attempt else 0,
-                *entry.params(),
-            )
+            moved = await self._moves.submit(_Move(current, new, error_reason, settle_attempt, entry))
         if moved and self.metrics is not None:
             self.metrics.recorded(entry, error_reason)
-        return bool(moved)
+        return moved
+
+    async def _move_group(self, group: list[_Move]) -> list[bool]:
+        # A challenge twice in one group would be updated once: repeats go in a statement of their own.
+        answers: dict[int, bool] = {}
+        pending = list(enumerate(group))
+        while pending:
+            seen: set[str] = set()
+            now: list[tuple[int, _Move]] = []
+            later: list[tuple[int, _Move]] = []
+            for i, move in pending:
+                (later if move.challenge_id in seen else now).append((i, move))
+                seen.add(move.challenge_id)
+            moved = await self._move_rows([move for _, move in now])
+            answers.update((i, move.challenge_id in moved) for i, move in now)
+            pending = later
+        return [answers[i] for i in range(len(group))]
+
+    async def _move_rows(self, moves: Sequence[_Move]) -> set[str]:
+        entries = [m.entry.params() for m in moves]
+        rows = await self.pool.fetch(
+            f"""WITH v AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                         $6::int[], $7::text[], $8::text[], $9::text[], $10::int[],
+                                         $11::text[])
+                        AS v(id, cur, new, tx_hash, error_reason, attempts, event, payer, detail, ord,
+                             audit_tx_hash)),
+                locked AS (
+                    SELECT c.id FROM rs_challenges c JOIN v ON v.id = c.id AND c.status = v.cur
+                    ORDER BY c.id FOR UPDATE OF c),
+                moved AS (
+                    UPDATE rs_challenges c SET status = v.new, tx_hash = COALESCE(v.tx_hash, c.tx_hash),
+                        error_reason = COALESCE(v.error_reason, c.error_reason), updated_at = now(),
+                        settle_attempts = c.settle_attempts + v.attempts, lease_owner = NULL,
+                        lease_until = NULL
+                    FROM v WHERE c.id = v.id AND c.status = v.cur AND c.id IN (SELECT id FROM locked)
+                    RETURNING c.id, c.payer),
+                logged AS (
+                    {AUDIT_COLUMNS}
+                    SELECT v.id, v.event, v.cur, v.new, COALESCE(v.payer, lower(moved.payer)),
+                           v.audit_tx_hash, v.detail::jsonb
+                    FROM v JOIN moved ON moved.id = v.id ORDER BY v.ord)
+                SELECT id FROM moved""",
+            [m.challenge_id for m in moves],
+            [m.current.value for m in moves],
+            [m.new.value for m in moves],
+            [m.entry.tx_hash for m in moves],
+            [m.error_reason for m in moves],
+            [1 if m.settle_attempt else 0 for m in moves],
+            [e[1] for e in entries],
+            [e[4] for e in entries],
+            [encode_json(e[6]) for e in entries],
+            list(range(len(moves))),
+            [e[5] for e in entries],
+        )
+        return {r["id"] for r in rows}
 
     async def expire(self, challenge_id: str) -> bool:
         return await self.transition(
@@ -462,7 +599,9 @@ class ChallengeStore:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """An audit row that goes with no state change (an attempt, a refusal, a facilitator answer)."""
-        entry = AuditEntry(event, challenge_id, payer, tx_hash, detail or {})
+        await self.record_entry(AuditEntry(event, challenge_id, payer, tx_hash, detail or {}))
+
+    async def record_entry(self, entry: AuditEntry) -> None:
         await write_event(self.pool, entry)
         if self.metrics is not None:
             self.metrics.recorded(entry)

@@ -50,7 +50,9 @@ class Migration:
         return f"{self.version:04d}_{self.name}.sql"
 
 
-def _encode_json(value: Any) -> str:
+def encode_json(value: Any) -> str:
+    """JSON text as the pool's codec sends it; for jsonb arrays, whose nested lists asyncpg would otherwise
+    take for array dimensions (pass text[] and cast each element)."""
     return orjson.dumps(value).decode()
 
 
@@ -58,7 +60,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # Without codecs asyncpg exchanges json/jsonb as str; with them dicts and lists round-trip.
     for typename in ("json", "jsonb"):
         await conn.set_type_codec(
-            typename, schema="pg_catalog", encoder=_encode_json, decoder=orjson.loads, format="text"
+            typename, schema="pg_catalog", encoder=encode_json, decoder=orjson.loads, format="text"
         )
 
 

@@ -20,6 +20,7 @@ from client.signing import pay_v1, pay_v2
 from resource_server.demo import DEMO_ROUTES
 from shared.devchain.chain import DevChain
 from shared.evm import calls
+from shared.x402 import reasons
 from shared.x402.codec import decode_model_header, encode_json_header
 from shared.x402.models import (
     PaymentRequiredV1,
@@ -405,8 +406,35 @@ async def test_a_payment_unlocks_one_request_across_replicas(
     replay = await first.get("/weather", headers=v1_payment)
     assert challenge_of(replay)[0].error == "payment_already_used", replay.json()
 
-    assert dev_chain.balance_of(pay_to) == 3 * WEATHER_PRICE
-    assert dev_chain.balance_of(payer.address) == FUNDS - 3 * WEATHER_PRICE
+    # A challenge issued by the first replica and paid on the second: the first, which still holds the
+    # challenge it issued, refuses a replay and another payment for it all the same.
+    v2, _ = challenge_of(await first.get("/weather"))
+    paid_elsewhere = v2_header(payer, v2.accepts[0])
+    assert (await second.get("/weather", headers=paid_elsewhere)).status_code == 200
+    replay = await first.get("/weather", headers=paid_elsewhere)
+    assert challenge_of(replay)[0].error == "payment_already_used", replay.json()
+    v2, _ = challenge_of(await first.get("/weather"))
+    assert (await second.get("/weather", headers=v2_header(payer, v2.accepts[0]))).status_code == 200
+    other = await first.get("/weather", headers=v2_header(payer, v2.accepts[0]))
+    assert challenge_of(other)[0].error == "challenge_already_used", other.json()
+
+    assert dev_chain.balance_of(pay_to) == 5 * WEATHER_PRICE
+    assert dev_chain.balance_of(payer.address) == FUNDS - 5 * WEATHER_PRICE
+
+
+async def test_a_refused_payment_is_audited_and_leaves_its_challenge_payable(dev_chain, rs, pay_to):
+    v2, _ = challenge_of(await rs.get("/weather"))
+    challenge_id = v2.accepts[0].extra["challengeId"]  # type: ignore[index]
+    refused = await rs.get("/weather", headers=v2_header(dev_chain.new_payer(0), v2.accepts[0]))
+    again, _ = challenge_of(refused)
+    assert again.error == reasons.INSUFFICIENT_BALANCE, refused.json()
+    assert again.accepts[0].extra["challengeId"] == challenge_id  # type: ignore[index]
+    events = [e.event for e in await rs.runtime.store.audit(challenge_id=challenge_id)]
+    assert events == ["payment_received", "verify_refused"]
+
+    funded = dev_chain.new_payer(FUNDS)
+    assert (await rs.get("/weather", headers=v2_header(funded, v2.accepts[0]))).status_code == 200
+    assert dev_chain.balance_of(pay_to) == WEATHER_PRICE
 
 
 async def test_handler_failure_settles_nothing(dev_chain, rs, payer, pay_to):
@@ -449,7 +477,9 @@ async def test_facilitator_down_is_503_and_charges_nothing(dev_chain, start_reso
     assert response.status_code == 503, response.text
     assert response.json()["error"] == "facilitator_unavailable"
     assert "nothing was charged" in response.json()["message"]
-    assert (await challenge_row(rs, v2.accepts[0].extra["challengeId"]))["status"] == "issued"  # type: ignore[index]
+    challenge_id = v2.accepts[0].extra["challengeId"]  # type: ignore[index]
+    assert (await challenge_row(rs, challenge_id))["status"] == "issued"
+    assert [e.event for e in await rs.runtime.store.audit(challenge_id=challenge_id)] == ["payment_received"]
     assert dev_chain.balance_of(payer.address) == FUNDS
 
 

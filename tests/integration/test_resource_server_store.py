@@ -219,3 +219,87 @@ async def test_expiry_is_on_the_database_clock_even_when_ours_is_off(store, monk
             challenge.expires_at.timestamp()
         )
         assert not challenge.expired
+
+
+async def test_issues_and_moves_arriving_together_share_a_statement_and_stay_apart(store):
+    # Issued at once: one INSERT for all, each row with its own requirements (lists of objects, stored as
+    # sent, not taken apart as array dimensions).
+    challenges = await asyncio.gather(*(issue(store, params_hash=f"h{i}") for i in range(12)))
+    for c in challenges:
+        row = await store.pool.fetchrow("SELECT * FROM rs_challenges WHERE id = $1", c.id)
+        assert (row["params_hash"], row["requirements"], row["requirements_v1"]) == (
+            c.params_hash,
+            c.requirements,
+            c.requirements_v1,
+        )
+        assert row["expires_at"] == c.expires_at and row["issued_at"] == c.issued_at
+    for c in challenges:
+        assert await claim(store, match(c, nonce())) is ClaimOutcome.CLAIMED
+
+    # Moved at once, the first challenge twice: its second move (from a state it has left) writes nothing.
+    tx = "0x" + "CD" * 32
+
+    async def settle(c: Challenge, i: int) -> bool:
+        return bool(
+            await store.transition(
+                c.id,
+                ChallengeStatus.VERIFIED,
+                ChallengeStatus.SETTLED,
+                event="settled",
+                detail={"n": i},
+                tx_hash=tx,
+                settle_attempt=True,
+            )
+        )
+
+    again = store.transition(
+        challenges[0].id, ChallengeStatus.VERIFIED, ChallengeStatus.FAILED, event="settle_failed"
+    )
+    answers = await asyncio.gather(*(settle(c, i) for i, c in enumerate(challenges)), again)
+    assert answers == [True] * 12 + [False]
+    for i, c in enumerate(challenges):
+        row = await store.pool.fetchrow("SELECT * FROM rs_challenges WHERE id = $1", c.id)
+        assert (row["status"], row["tx_hash"], row["settle_attempts"]) == ("settled", tx, 1)
+        [_, settled] = await store.audit(challenge_id=c.id)
+        assert (settled.event, settled.detail, settled.tx_hash, settled.payer) == (
+            "settled",
+            {"n": i},
+            tx.lower(),
+            PAYER.lower(),
+        )
+
+
+async def test_a_claim_writes_the_attempt_it_was_not_received_with(store):
+    challenge, other = await issue(store), await issue(store)
+    spent = nonce()
+
+    def received(c: Challenge) -> AuditEntry:
+        return AuditEntry("payment_received", c.id, payer=PAYER, detail={"nonce": spent})
+
+    outcome = await store.claim(
+        match(challenge, spent), version=2, payload={}, verify_answer={}, received=received(challenge)
+    )
+    assert outcome is ClaimOutcome.CLAIMED
+    assert await events(store, challenge.id) == ["payment_received", "verified"]
+    # A challenge someone else took: the attempt is written, the claim is not.
+    outcome = await store.claim(
+        match(challenge, nonce()), version=2, payload={}, verify_answer={}, received=received(challenge)
+    )
+    assert outcome is ClaimOutcome.CHALLENGE_TAKEN
+    assert await events(store, challenge.id) == ["payment_received", "verified", "payment_received"]
+    # A used authorization aborts the statement, the attempt's row with it (the paywall writes it then).
+    outcome = await store.claim(
+        match(other, spent), version=2, payload={}, verify_answer={}, received=received(other)
+    )
+    assert outcome is ClaimOutcome.PAYMENT_USED
+    assert await events(store, other.id) == []
+    assert await status(store, other.id) == "issued"
+
+
+async def test_a_challenge_is_handed_out_from_memory_once(store):
+    challenge = await issue(store)
+    taken = store.take_issued(challenge.id)
+    assert taken is not None and taken.id == challenge.id and not taken.expired
+    assert taken.now >= challenge.now  # as read now, on the database's clock
+    assert store.take_issued(challenge.id) is None
+    assert ChallengeStore(store.pool).take_issued(challenge.id) is None  # another process never issued it
