@@ -149,7 +149,8 @@ class ChallengeStore:
         self._clock_offset: float | None = None
         self.issued = IssuedChallenges()  # what `take_issued` hands out
         self._issues: Coalescer[_NewChallenge, datetime] = Coalescer(self._insert_group)
-        # One group at a time: a group locks its rows in id order, so groups never deadlock on each other.
+        # A group locks its rows in id order, so groups (this process's, one at a time, or replicas') never
+        # deadlock on each other.
         self._moves: Coalescer[_Move, bool] = Coalescer(self._move_group)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
