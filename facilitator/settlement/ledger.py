@@ -434,6 +434,79 @@ class Ledger:
             )
         return [refused.get(r.id) or by_row[r.id] for r in rows]
 
+    async def store_transactions_at(
+        self,
+        units: Sequence[Sequence[SettlementRow]],
+        signer: str,
+        first_nonce: int,
+        signed: Sequence[SignedTransaction],
+    ) -> list[SignedTransaction] | None:
+        """`store_transactions` in one statement, for transactions signed ahead for nonces `first_nonce`,
+        `first_nonce` + 1, ... (one per unit): stored only if that run is still the signer's next and every
+        row may move; otherwise nothing is written and the answer is None (the caller then takes the locking
+        path). The check, the allocation and the bytes commit together, as there: no nonce is handed out
+        without bytes that can be (re)broadcast for it. Answers each row's transaction, units flattened."""
+        if [tx.nonce for tx in signed] != list(range(first_nonce, first_nonce + len(signed))):
+            raise ValueError("transactions must be signed for consecutive nonces from first_nonce")
+        rows = [row for unit in units for row in unit]
+        by_row = [tx for unit, tx in zip(units, signed, strict=True) for _ in unit]
+        sources = [a.value for a, b in ALLOWED if b is Status.SUBMITTED]
+        async with span("db.settlement.store_transactions_at", rows=len(rows)):
+            stored = await self.pool.fetchval(
+                """
+                WITH cur AS (
+                    SELECT s.id, s.status FROM settlements s
+                    WHERE s.id = ANY($7::bigint[]) AND s.status = ANY($11::text[])
+                    ORDER BY s.id FOR UPDATE
+                ), n AS (
+                    UPDATE signer_nonces SET next_nonce = next_nonce + cardinality($3::text[])
+                    WHERE chain_id = $1 AND address = $2 AND next_nonce = $10
+                      AND (SELECT count(*) FROM cur) = cardinality($7::bigint[])
+                    RETURNING next_nonce
+                ), t AS (
+                    INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
+                        max_fee_per_gas)
+                    SELECT tx_hash, $1, $2, signer_nonce, raw_tx, max_fee_per_gas
+                    FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::numeric[])
+                        AS t(tx_hash, signer_nonce, raw_tx, max_fee_per_gas)
+                    WHERE EXISTS (SELECT 1 FROM n)
+                ), v AS (
+                    SELECT v.*, cur.status AS from_status
+                    FROM unnest($7::bigint[], $8::text[], $9::bigint[])
+                        AS v(settlement_id, tx_hash, signer_nonce)
+                    JOIN cur ON cur.id = v.settlement_id
+                    WHERE EXISTS (SELECT 1 FROM n)
+                ), m AS (
+                    INSERT INTO settlement_transaction_members (tx_hash, settlement_id)
+                    SELECT tx_hash, settlement_id FROM v
+                ), u AS (
+                    UPDATE settlements s SET status = 'submitted', tx_hash = v.tx_hash,
+                        attempts = attempts + 1, submitted_at = COALESCE(submitted_at, now()),
+                        updated_at = now()
+                    FROM v WHERE s.id = v.settlement_id
+                ), ev AS (
+                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                    SELECT settlement_id, from_status, 'submitted',
+                           jsonb_build_object('tx_hash', tx_hash, 'signer', $2::text,
+                                              'signer_nonce', signer_nonce)
+                    FROM v
+                )
+                SELECT count(*) FROM n
+                """,
+                rows[0].key.chain_id,
+                signer,
+                [tx.tx_hash for tx in signed],
+                [tx.nonce for tx in signed],
+                [tx.raw_tx for tx in signed],
+                [tx.max_fee_per_gas for tx in signed],
+                [r.id for r in rows],
+                [tx.tx_hash for tx in by_row],
+                [tx.nonce for tx in by_row],
+                first_nonce,
+                sources,
+            )
+        return by_row if stored else None
+
     async def rewind_unused_nonce(self, chain_id: int, signer: str, nonce: int, tx_hash: str) -> bool:
         """Undo an allocation whose transaction the node refused, if no later nonce was handed out."""
         async with self.pool.acquire() as conn, conn.transaction():

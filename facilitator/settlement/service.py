@@ -348,6 +348,7 @@ class SettlementService:
             await self._catch_up(network, signer)
             await self.ledger.forget_transaction(signed.tx_hash)
             return True
+        self.submitters[network.chain_id].forget_nonce(signer.address)
         return await self.ledger.rewind_unused_nonce(
             network.chain_id, signer.address, signed.nonce, signed.tx_hash
         )
@@ -355,6 +356,7 @@ class SettlementService:
     async def _catch_up(self, network: NetworkRuntime, signer: Signer) -> None:
         """Someone used this key outside the facilitator: the shared nonce counter follows the chain."""
         chain_nonce = await network.eth.get_transaction_count(signer.address, "pending")
+        self.submitters[network.chain_id].forget_nonce(signer.address)
         await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
 
     async def finalize(self, row: SettlementRow, receipt: dict[str, Any], tx_hash: str) -> SettlementRow:

@@ -9,7 +9,7 @@ per group, while a settlement that arrives alone goes at once, as the transfer i
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,6 +74,11 @@ class Submitter:
         self._on_transaction = on_transaction  # (chain id, settlements carried), per stored transaction
         self._multicall_deployed: bool | None = None
         self._sending: dict[str, asyncio.Future[RpcError | None]] = {}
+        # Each key's next nonce as this process last stored it: the next group signs for it ahead and
+        # stores in one statement if the ledger agrees (`Ledger.store_transactions_at`). A guess, never
+        # trusted: a wrong one costs a signing and the locking path.
+        self._next_nonce: dict[str, int] = {}
+        self._key_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Groups of different signers may commit together; groups of one signer queue on its nonce row.
         self._groups: Coalescer[Submission, Stored] = Coalescer(
             self._flush, max_batch=max_group, max_concurrent=min(len(signers.signers), 2)
@@ -136,8 +141,17 @@ class Submitter:
         for _ in range(count):
             self.signers.acquire(signer)
         try:
-            results = await self.ledger.store_transactions(rows, signer.address, sign)
+            # One group per key at a time here (the ledger's nonce row serialises them anyway), so the
+            # guess below is the one this process's last group left.
+            async with self._key_locks[signer.address]:
+                results = await self._store_ahead(rows, signer.address, sign)
+                if results is None:
+                    results = await self.ledger.store_transactions(rows, signer.address, sign)
+                stored = [r.nonce for r in results if not isinstance(r, Exception)]
+                if stored:
+                    self._next_nonce[signer.address] = max(stored) + 1
         except BaseException:
+            self._next_nonce.pop(signer.address, None)
             for _ in range(count):
                 self.signers.release(signer)
             raise
@@ -153,6 +167,28 @@ class Submitter:
             else:
                 out.append(Stored(result, signer, carries[result.tx_hash]))
         return out
+
+    async def _store_ahead(
+        self,
+        rows: list[list[SettlementRow]],
+        signer: str,
+        sign: Callable[[list[tuple[list[SettlementRow], int]]], list[SignedTransaction]],
+    ) -> list[SignedTransaction | Exception] | None:
+        """Signed for the nonces this key should be at and stored in one statement, or None (nothing
+        written) when the ledger disagrees: another replica used the key, or a row may no longer move."""
+        first = self._next_nonce.get(signer)
+        if first is None:
+            return None
+        signed = sign([(unit, first + i) for i, unit in enumerate(rows)])
+        stored = await self.ledger.store_transactions_at(rows, signer, first, signed)
+        if stored is None:
+            self._next_nonce.pop(signer, None)
+            return None
+        return list(stored)
+
+    def forget_nonce(self, signer: str) -> None:
+        """The key's nonce moved outside a group (a rewind, a catch-up with the chain): guess no more."""
+        self._next_nonce.pop(signer, None)
 
     async def _broadcast(self, stored: Stored) -> Broadcast:
         # The settlements of a batch share one send.

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.integration
 async def _rows(dsn: str) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(dsn)
     try:
-        return [dict(r) for r in await conn.fetch("SELECT id, status, tx_hash FROM settlements ORDER BY id")]
+        return [
+            dict(r)
+            for r in await conn.fetch("SELECT id, status, tx_hash, auth_nonce FROM settlements ORDER BY id")
+        ]
     finally:
         await conn.close()
 
@@ -70,7 +73,10 @@ async def test_sigkill_with_a_batch_in_flight_then_restart(dev_chain, fresh_data
         assert [r["status"] for r in after] == ["confirmed"] * len(bodies)
         # The stored bytes were re-sent (same nonce, same hash), not new transactions.
         assert [r["tx_hash"] for r in after] == [r["tx_hash"] for r in before]
-        for body, payer, row in zip(bodies, payers, after, strict=True):
+        # Rows are in the order the settlements arrived, which concurrent requests do not fix.
+        by_nonce = {r["auth_nonce"]: r for r in after}
+        for body, payer in zip(bodies, payers, strict=True):
+            row = by_nonce[body["paymentPayload"]["payload"]["authorization"]["nonce"]]
             amount = int(body["paymentRequirements"]["amount"])
             assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == amount
             assert dev_chain.balance_of(payer.address) == 1_000_000 - amount

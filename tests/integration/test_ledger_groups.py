@@ -217,3 +217,66 @@ async def test_group_writes_are_one_transaction_each(ledger: Ledger, fresh_datab
     assert len(stored) == 50
     # Three group writes plus this connection's own statements; 150 if each settlement committed alone.
     assert after - before < 15
+
+
+def signed_from(first: int, units: list[list[SettlementRow]]) -> list[SignedTransaction]:
+    return fake_sign([(unit, first + i) for i, unit in enumerate(units)])
+
+
+async def test_transactions_signed_ahead_are_stored_in_one_statement_when_the_ledger_agrees(
+    ledger: Ledger,
+) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 7)
+    rows = await fresh_rows(ledger, 3)
+    units = [rows[:2], [rows[2]]]
+    signed = signed_from(7, units)
+
+    stored = await ledger.store_transactions_at(units, SIGNER, 7, signed)
+
+    assert stored == [signed[0], signed[0], signed[1]]
+    for row, tx in zip(rows, stored, strict=True):
+        current = await ledger.get(row.id)
+        assert current is not None and current.status is Status.SUBMITTED and current.tx_hash == tx.tx_hash
+        assert current.attempts == 1
+        events = await ledger.events(row.id)
+        assert [(e["from_status"], e["to_status"]) for e in events] == [
+            (None, "received"),
+            ("received", "submitted"),
+        ]
+        assert events[1]["detail"]["signer_nonce"] == tx.nonce
+    (batch,) = await ledger.transactions(rows[0].id)
+    assert (batch.signer_nonce, batch.raw_tx, batch.settlement_ids) == (
+        7,
+        signed[0].raw_tx,
+        (rows[0].id, rows[1].id),
+    )
+    # The allocation moved past the run, as the locking path would have.
+    (extra,) = await fresh_rows(ledger, 1)
+    (next_tx,) = await ledger.store_transactions([[extra]], SIGNER, fake_sign)
+    assert isinstance(next_tx, SignedTransaction) and next_tx.nonce == 9
+
+
+async def test_a_wrong_guess_or_a_row_that_cannot_move_writes_nothing(ledger: Ledger) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 5)
+    rows = await fresh_rows(ledger, 3)
+    units = alone(rows)
+
+    async def untouched() -> None:
+        for row in rows[1:]:
+            current = await ledger.get(row.id)
+            assert current is not None and current.status is Status.RECEIVED and current.attempts == 0
+            assert await ledger.transactions(row.id) == []
+
+    # Another replica took nonce 5 meanwhile (or this process guessed wrong).
+    assert await ledger.store_transactions_at(units, SIGNER, 4, signed_from(4, units)) is None
+    assert await ledger.store_transactions_at(units, SIGNER, 6, signed_from(6, units)) is None
+    # A row that may not move any more (the reconciler finished it): the whole group waits for the
+    # locking path, which drops that row from it.
+    await ledger.finish(rows[0].id, Status.FAILED, error_reason="invalid_signature")
+    assert await ledger.store_transactions_at(units, SIGNER, 5, signed_from(5, units)) is None
+    await untouched()
+    with pytest.raises(ValueError, match="consecutive"):
+        await ledger.store_transactions_at(units, SIGNER, 5, signed_from(6, units))
+    results = await ledger.store_transactions(units, SIGNER, fake_sign)
+    assert isinstance(results[0], IllegalTransition)
+    assert [r.nonce for r in results[1:] if isinstance(r, SignedTransaction)] == [5, 6]
