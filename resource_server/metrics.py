@@ -30,9 +30,34 @@ _SETTLEMENT_OUTCOMES = {
     "settlement_deferred": "deferred",
 }
 _MAX_LABEL = 64  # reasons come from facilitators: bounded, in case one sends prose
+# A facilitator's reasons are its own: ours and the x402 SDKs' known sets are all far below this, while one
+# that puts a nonce or a message in its reason would otherwise add a time series per answer.
+MAX_FACILITATOR_REASONS = 32
+OTHER_REASON = "other"
+
+
+class _ReasonLabels:
+    """Label values for reasons a facilitator sends: the first `limit` distinct ones as they are, the rest
+    `other`, so a facilitator cannot grow the metrics without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: Any, default: str) -> str:
+        if not value:
+            return default
+        label = str(value)[:_MAX_LABEL]
+        if label in self._seen:
+            return label
+        if len(self._seen) >= self.limit:
+            return OTHER_REASON
+        self._seen.add(label)
+        return label
 
 
 def _label(value: Any, default: str) -> str:
+    """A label for a reason this server wrote itself (a refusal, a release): a bounded set."""
     return str(value)[:_MAX_LABEL] if value else default
 
 
@@ -81,6 +106,7 @@ class ResourceServerMetrics:
             registry=r,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}  # (metric, labels) -> child
+        self._facilitator_reason = _ReasonLabels(MAX_FACILITATOR_REASONS)
         self._issued = self.challenges_issued  # unlabelled: no child to look up
 
     # -- hot path -------------------------------------------------------------------------------------------
@@ -101,13 +127,13 @@ class ResourceServerMetrics:
         elif event == "verify_refused":
             answer = entry.detail.get("facilitator")
             reason = answer.get("invalidReason") if isinstance(answer, dict) else None
-            self._payment(_label(reason, "invalid"))
+            self._payment(self._facilitator_reason(reason, "invalid"))
         else:
             outcome = _SETTLEMENT_OUTCOMES.get(event)
             if outcome is None:
                 return
             if outcome == "failed":
-                reason = _label(error_reason, "settlement_failed")
+                reason = self._facilitator_reason(error_reason, "settlement_failed")
             elif outcome == "released":
                 reason = _label(entry.detail.get("reason"), "")
             else:

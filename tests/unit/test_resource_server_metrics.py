@@ -11,7 +11,7 @@ from resource_server.audit import AuditEntry
 from resource_server.config import ResourceServerSettings
 from resource_server.generation.metrics import GenerationMetrics
 from resource_server.generation_api.endpoint import GenerateEndpoint
-from resource_server.metrics import ResourceServerMetrics
+from resource_server.metrics import MAX_FACILITATOR_REASONS, ResourceServerMetrics
 from resource_server.pricing.loader import parse_pricing
 from resource_server.reconciler import RecoverableRoutes
 
@@ -55,6 +55,23 @@ def test_audit_entries_become_payment_and_settlement_counts():
     }
     for (outcome, reason), expected in settlements.items():
         assert sample(m, "x402_rs_settlements_total", outcome=outcome, reason=reason) == expected
+
+
+def test_a_facilitator_cannot_grow_the_reason_labels_without_bound():
+    m = ResourceServerMetrics()
+    for i in range(MAX_FACILITATOR_REASONS + 10):
+        reason = f"reason_{i}_with_a_nonce"
+        m.recorded(AuditEntry("verify_refused", "c", detail={"facilitator": {"invalidReason": reason}}))
+        m.recorded(AuditEntry("settle_failed", "c"), reason)
+    m.recorded(
+        AuditEntry("verify_refused", "c", detail={"facilitator": {"invalidReason": "reason_0_with_a_nonce"}})
+    )
+    # The first distinct reasons keep their names (a known one counts on), the rest share one label.
+    assert sample(m, "x402_rs_payments_total", outcome="reason_0_with_a_nonce") == 2
+    assert sample(m, "x402_rs_payments_total", outcome="other") == 10
+    assert sample(m, "x402_rs_settlements_total", outcome="failed", reason="other") == 10
+    outcomes = {s.labels["outcome"] for metric in m.payments.collect() for s in metric.samples}
+    assert len(outcomes) == MAX_FACILITATOR_REASONS + 1
 
 
 def test_label_children_are_made_once():
