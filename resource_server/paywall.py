@@ -259,12 +259,14 @@ class Paywall:
         return Denied(reason, message, found.challenge)
 
     async def _record_quietly(self, entry: AuditEntry) -> None:
-        """An audit row on the way to another error's answer: a storage failure is only logged."""
+        """An audit row once the answer is decided, or on the way to another error's: a storage failure can
+        only be logged by then."""
         try:
             async with _storage():
                 await self.store.record_entry(entry)
         except StorageUnavailable:
-            log.error("audit_note_lost", challenge_id=entry.challenge_id, audit_event=entry.event)
+            cid, event = entry.challenge_id, entry.event
+            log.error("audit_note_lost", challenge_id=cid, audit_event=event, detail=entry.detail)
 
     async def _claim(
         self,
@@ -451,13 +453,8 @@ class Paywall:
     ) -> None:
         """An audit note once the answer is decided (a replay's, or after the response went out): a storage
         failure can only be logged by then."""
-        cid = payment.challenge_id
         payer = payment.attempt.payer if isinstance(payment, Authorized) else payment.payer
-        try:
-            async with _storage():
-                await self.store.record(event, challenge_id=cid, payer=payer, detail=detail)
-        except StorageUnavailable:
-            log.error("audit_note_lost", challenge_id=cid, audit_event=event, detail=detail)
+        await self._record_quietly(AuditEntry(event, payment.challenge_id, payer=payer, detail=detail))
 
     async def _move(
         self,

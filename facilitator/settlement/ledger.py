@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.telemetry.tracing import span
 
@@ -330,11 +331,12 @@ class Ledger:
         signer: str,
         sign: Callable[[list[tuple[list[SettlementRow], int]]], list[SignedTransaction]],
     ) -> list[SignedTransaction | Exception]:
-        """One database transaction locks the rows, allocates a run of consecutive nonces of one signer (one
-        per unit: a unit of several rows is a batch that one transaction carries) and stores every signed
-        transaction, so no nonce is ever handed out without bytes that can be (re)broadcast for it. Answers
-        per row, units flattened in order: its transaction, or the IllegalTransition of a row whose status
-        forbids the move (it leaves its unit and gets no transaction)."""
+        """One database transaction locks the rows and the signer's nonce row, has the units that keep a
+        row able to move signed for a run of consecutive nonces (one per unit: a unit of several rows is a
+        batch that one transaction carries) and stores them as `store_transactions_at` does, so no nonce
+        is ever handed out without bytes that can be (re)broadcast for it. Answers per row, units
+        flattened in order: its transaction, or the IllegalTransition of a row whose status forbids the
+        move (it leaves its unit and gets no transaction)."""
         rows = [row for unit in units for row in unit]
         sources = [a.value for a, b in ALLOWED if b is Status.SUBMITTED]
         async with (
@@ -342,30 +344,22 @@ class Ledger:
             self.pool.acquire() as conn,
             conn.transaction(),
         ):
-            # One round trip locks the rows (in id order, so two groups never deadlock on each other's
-            # rows) and takes one nonce per unit that keeps a row able to move. The nonce row stays locked
-            # until commit: allocations of one signer are serialised across replicas, and a run of nonces
-            # is handed out whole.
+            # Rows in id order, so two groups never deadlock on each other's rows, then the nonce row,
+            # which stays locked until commit: allocations of one signer are serialised across replicas.
             locked = await conn.fetch(
                 """
                 WITH cur AS (
-                    SELECT s.id, s.status, u.unit FROM settlements s
-                    JOIN unnest($1::bigint[], $2::int[]) AS u(id, unit) ON u.id = s.id
+                    SELECT s.id, s.status FROM settlements s
+                    JOIN unnest($1::bigint[]) AS u(id) ON u.id = s.id
                     ORDER BY s.id FOR UPDATE OF s
-                ), k AS (
-                    SELECT count(DISTINCT unit) AS units FROM cur WHERE status = ANY($5::text[])
-                ), n AS (
-                    UPDATE signer_nonces SET next_nonce = next_nonce + k.units FROM k
-                    WHERE chain_id = $3 AND address = $4 AND k.units > 0
-                    RETURNING next_nonce - k.units AS first
+                ), nonce AS (
+                    SELECT next_nonce FROM signer_nonces WHERE chain_id = $2 AND address = $3 FOR UPDATE
                 )
-                SELECT cur.id, cur.status, n.first FROM cur LEFT JOIN n ON true
+                SELECT cur.id, cur.status, nonce.next_nonce FROM cur LEFT JOIN nonce ON true
                 """,
                 [r.id for r in rows],
-                [u for u, unit in enumerate(units) for _ in unit],
                 rows[0].key.chain_id,
                 signer,
-                sources,
             )
             statuses = {r["id"]: Status(r["status"]) for r in locked}
             refused: dict[int, Exception] = {}
@@ -386,52 +380,15 @@ class Ledger:
                     movable_units.append(movable)
             if not movable_units:
                 return [refused[r.id] for r in rows]
-            first = locked[0]["first"]
+            first = locked[0]["next_nonce"]
             if first is None:
                 raise RuntimeError(f"signer {signer} has no nonce row; sync_signer_nonce first")
-            nonces = list(range(first, first + len(movable_units)))
-            signed = sign(list(zip(movable_units, nonces, strict=True)))
-            by_row: dict[int, SignedTransaction] = {}
-            for unit, tx in zip(movable_units, signed, strict=True):
-                for row in unit:
-                    by_row[row.id] = tx
-            await conn.execute(
-                """
-                WITH t AS (
-                    INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
-                        max_fee_per_gas)
-                    SELECT tx_hash, $1, $2, signer_nonce, raw_tx, max_fee_per_gas
-                    FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::numeric[])
-                        AS t(tx_hash, signer_nonce, raw_tx, max_fee_per_gas)
-                ), v AS (
-                    SELECT * FROM unnest($7::bigint[], $8::text[], $9::text[], $10::bigint[])
-                        AS v(settlement_id, tx_hash, from_status, signer_nonce)
-                ), m AS (
-                    INSERT INTO settlement_transaction_members (tx_hash, settlement_id)
-                    SELECT tx_hash, settlement_id FROM v
-                ), u AS (
-                    UPDATE settlements s SET status = 'submitted', tx_hash = v.tx_hash,
-                        attempts = attempts + 1, submitted_at = COALESCE(submitted_at, now()),
-                        updated_at = now()
-                    FROM v WHERE s.id = v.settlement_id
-                )
-                INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
-                SELECT settlement_id, from_status, 'submitted',
-                       jsonb_build_object('tx_hash', tx_hash, 'signer', $2::text,
-                                          'signer_nonce', signer_nonce)
-                FROM v
-                """,
-                rows[0].key.chain_id,
-                signer,
-                [tx.tx_hash for tx in signed],
-                nonces,
-                [tx.raw_tx for tx in signed],
-                [tx.max_fee_per_gas for tx in signed],
-                list(by_row),
-                [tx.tx_hash for tx in by_row.values()],
-                [statuses[i].value for i in by_row],
-                [tx.nonce for tx in by_row.values()],
-            )
+            signed = sign([(unit, first + i) for i, unit in enumerate(movable_units)])
+            stored = await _store_at(conn, movable_units, signer, first, signed)
+            if stored is None:  # both locks are held: the ledger cannot disagree with what it just said
+                raise RuntimeError(f"the ledger refused transactions signed under its own locks ({signer})")
+            moved = [row for unit in movable_units for row in unit]
+            by_row = {row.id: tx for row, tx in zip(moved, stored, strict=True)}
         return [refused.get(r.id) or by_row[r.id] for r in rows]
 
     async def store_transactions_at(
@@ -446,66 +403,8 @@ class Ledger:
         row may move; otherwise nothing is written and the answer is None (the caller then takes the locking
         path). The check, the allocation and the bytes commit together, as there: no nonce is handed out
         without bytes that can be (re)broadcast for it. Answers each row's transaction, units flattened."""
-        if [tx.nonce for tx in signed] != list(range(first_nonce, first_nonce + len(signed))):
-            raise ValueError("transactions must be signed for consecutive nonces from first_nonce")
-        rows = [row for unit in units for row in unit]
-        by_row = [tx for unit, tx in zip(units, signed, strict=True) for _ in unit]
-        sources = [a.value for a, b in ALLOWED if b is Status.SUBMITTED]
-        async with span("db.settlement.store_transactions_at", rows=len(rows)):
-            stored = await self.pool.fetchval(
-                """
-                WITH cur AS (
-                    SELECT s.id, s.status FROM settlements s
-                    WHERE s.id = ANY($7::bigint[]) AND s.status = ANY($11::text[])
-                    ORDER BY s.id FOR UPDATE
-                ), n AS (
-                    UPDATE signer_nonces SET next_nonce = next_nonce + cardinality($3::text[])
-                    WHERE chain_id = $1 AND address = $2 AND next_nonce = $10
-                      AND (SELECT count(*) FROM cur) = cardinality($7::bigint[])
-                    RETURNING next_nonce
-                ), t AS (
-                    INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
-                        max_fee_per_gas)
-                    SELECT tx_hash, $1, $2, signer_nonce, raw_tx, max_fee_per_gas
-                    FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::numeric[])
-                        AS t(tx_hash, signer_nonce, raw_tx, max_fee_per_gas)
-                    WHERE EXISTS (SELECT 1 FROM n)
-                ), v AS (
-                    SELECT v.*, cur.status AS from_status
-                    FROM unnest($7::bigint[], $8::text[], $9::bigint[])
-                        AS v(settlement_id, tx_hash, signer_nonce)
-                    JOIN cur ON cur.id = v.settlement_id
-                    WHERE EXISTS (SELECT 1 FROM n)
-                ), m AS (
-                    INSERT INTO settlement_transaction_members (tx_hash, settlement_id)
-                    SELECT tx_hash, settlement_id FROM v
-                ), u AS (
-                    UPDATE settlements s SET status = 'submitted', tx_hash = v.tx_hash,
-                        attempts = attempts + 1, submitted_at = COALESCE(submitted_at, now()),
-                        updated_at = now()
-                    FROM v WHERE s.id = v.settlement_id
-                ), ev AS (
-                    INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
-                    SELECT settlement_id, from_status, 'submitted',
-                           jsonb_build_object('tx_hash', tx_hash, 'signer', $2::text,
-                                              'signer_nonce', signer_nonce)
-                    FROM v
-                )
-                SELECT count(*) FROM n
-                """,
-                rows[0].key.chain_id,
-                signer,
-                [tx.tx_hash for tx in signed],
-                [tx.nonce for tx in signed],
-                [tx.raw_tx for tx in signed],
-                [tx.max_fee_per_gas for tx in signed],
-                [r.id for r in rows],
-                [tx.tx_hash for tx in by_row],
-                [tx.nonce for tx in by_row],
-                first_nonce,
-                sources,
-            )
-        return by_row if stored else None
+        async with span("db.settlement.store_transactions_at", rows=sum(len(u) for u in units)):
+            return await _store_at(self.pool, units, signer, first_nonce, signed)
 
     async def rewind_unused_nonce(self, chain_id: int, signer: str, nonce: int, tx_hash: str) -> bool:
         """Undo an allocation whose transaction the node refused, if no later nonce was handed out."""
@@ -682,3 +581,70 @@ class Ledger:
             settlement_id,
         )
         return [dict(r) for r in rows]
+
+
+async def _store_at(
+    conn: asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy,
+    units: Sequence[Sequence[SettlementRow]],
+    signer: str,
+    first_nonce: int,
+    signed: Sequence[SignedTransaction],
+) -> list[SignedTransaction] | None:
+    """The one statement that allocates a signer's nonces and stores the transactions signed for them (see
+    `Ledger.store_transactions_at`)."""
+    if [tx.nonce for tx in signed] != list(range(first_nonce, first_nonce + len(signed))):
+        raise ValueError("transactions must be signed for consecutive nonces from first_nonce")
+    rows = [row for unit in units for row in unit]
+    by_row = [tx for unit, tx in zip(units, signed, strict=True) for _ in unit]
+    sources = [a.value for a, b in ALLOWED if b is Status.SUBMITTED]
+    stored = await conn.fetchval(
+        """
+        WITH cur AS (
+            SELECT s.id, s.status FROM settlements s
+            WHERE s.id = ANY($7::bigint[]) AND s.status = ANY($11::text[])
+            ORDER BY s.id FOR UPDATE
+        ), n AS (
+            UPDATE signer_nonces SET next_nonce = next_nonce + cardinality($3::text[])
+            WHERE chain_id = $1 AND address = $2 AND next_nonce = $10
+              AND (SELECT count(*) FROM cur) = cardinality($7::bigint[])
+            RETURNING next_nonce
+        ), t AS (
+            INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
+                max_fee_per_gas)
+            SELECT tx_hash, $1, $2, signer_nonce, raw_tx, max_fee_per_gas
+            FROM unnest($3::text[], $4::bigint[], $5::bytea[], $6::numeric[])
+                AS t(tx_hash, signer_nonce, raw_tx, max_fee_per_gas)
+            WHERE EXISTS (SELECT 1 FROM n)
+        ), v AS (
+            SELECT v.*, cur.status AS from_status
+            FROM unnest($7::bigint[], $8::text[], $9::bigint[]) AS v(settlement_id, tx_hash, signer_nonce)
+            JOIN cur ON cur.id = v.settlement_id
+            WHERE EXISTS (SELECT 1 FROM n)
+        ), m AS (
+            INSERT INTO settlement_transaction_members (tx_hash, settlement_id)
+            SELECT tx_hash, settlement_id FROM v
+        ), u AS (
+            UPDATE settlements s SET status = 'submitted', tx_hash = v.tx_hash,
+                attempts = attempts + 1, submitted_at = COALESCE(submitted_at, now()), updated_at = now()
+            FROM v WHERE s.id = v.settlement_id
+        ), ev AS (
+            INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+            SELECT settlement_id, from_status, 'submitted',
+                   jsonb_build_object('tx_hash', tx_hash, 'signer', $2::text, 'signer_nonce', signer_nonce)
+            FROM v
+        )
+        SELECT count(*) FROM n
+        """,
+        rows[0].key.chain_id,
+        signer,
+        [tx.tx_hash for tx in signed],
+        [tx.nonce for tx in signed],
+        [tx.raw_tx for tx in signed],
+        [tx.max_fee_per_gas for tx in signed],
+        [r.id for r in rows],
+        [tx.tx_hash for tx in by_row],
+        [tx.nonce for tx in by_row],
+        first_nonce,
+        sources,
+    )
+    return by_row if stored else None
