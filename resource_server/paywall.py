@@ -202,7 +202,7 @@ class Paywall:
                     raise
                 if answer.is_valid:
                     return await self._claim(priced, attempt, found, answer.to_wire(), received=received_note)
-                return await self._receive(priced, attempt, received_note, refused=(found, answer))
+                return await self._receive(priced, attempt, received_note, refused=answer)
             # A refusal is decided as for any attempt: on what the database holds, with its audit rows.
         return await self._receive(priced, attempt, received_note, refused=None)
 
@@ -212,10 +212,11 @@ class Paywall:
         attempt: PaymentAttempt,
         received_note: AuditEntry,
         *,
-        refused: tuple[Match, VerifyResponse] | None,
+        refused: VerifyResponse | None,
     ) -> Authorized | Denied | Replayed:
-        """Records the attempt and decides it on what the database holds. `refused`: the match and the
-        facilitator's refusal of an attempt already verified (only a used payment can change that answer)."""
+        """Records the attempt and decides it on what the database holds. `refused`: the facilitator's
+        answer to an attempt verified against a challenge in memory, which the database may since have
+        seen paid or expired: its own answer comes first, as it would have before verifying."""
         route_key, params_hash = priced.route.key, priced.quote.params_hash
         async with _storage():
             received = await self.store.receive(
@@ -236,16 +237,14 @@ class Paywall:
                     reasons.PAYMENT_USED,
                     f"this payment already unlocked a request (challenge {received.used_by})",
                 )
-        if refused is not None:
-            found, answer = refused
-        else:
-            match = _match(priced, attempt, received.challenges, exclude=())
-            if isinstance(match, Refusal):
-                return await self._refuse(priced, attempt, match)
-            found = match
+        found = _match(priced, attempt, received.challenges, exclude=())
+        if isinstance(found, Refusal):
+            return await self._refuse(priced, attempt, found)
+        answer = refused
+        if answer is None:
             answer = await self.facilitator.verify(attempt.payload, found.requirement)
-            if answer.is_valid:
-                return await self._claim(priced, attempt, found, answer.to_wire())
+        if answer.is_valid:
+            return await self._claim(priced, attempt, found, answer.to_wire())
         async with _storage():
             await self.store.record(
                 "verify_refused",

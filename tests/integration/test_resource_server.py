@@ -417,9 +417,14 @@ async def test_a_payment_unlocks_one_request_across_replicas(
     assert (await second.get("/weather", headers=v2_header(payer, v2.accepts[0]))).status_code == 200
     other = await first.get("/weather", headers=v2_header(payer, v2.accepts[0]))
     assert challenge_of(other)[0].error == "challenge_already_used", other.json()
+    # Refused by the facilitator too (no funds): the database's answer comes first, as before verifying.
+    v2, _ = challenge_of(await first.get("/weather"))
+    assert (await second.get("/weather", headers=v2_header(payer, v2.accepts[0]))).status_code == 200
+    broke = await first.get("/weather", headers=v2_header(dev_chain.new_payer(0), v2.accepts[0]))
+    assert challenge_of(broke)[0].error == "challenge_already_used", broke.json()
 
-    assert dev_chain.balance_of(pay_to) == 5 * WEATHER_PRICE
-    assert dev_chain.balance_of(payer.address) == FUNDS - 5 * WEATHER_PRICE
+    assert dev_chain.balance_of(pay_to) == 6 * WEATHER_PRICE
+    assert dev_chain.balance_of(payer.address) == FUNDS - 6 * WEATHER_PRICE
 
 
 async def test_a_refused_payment_is_audited_and_leaves_its_challenge_payable(dev_chain, rs, pay_to):
