@@ -53,6 +53,16 @@ class AuditEntry:
     from_status: str | None = None
     to_status: str | None = None
 
+    @property
+    def payer_key(self) -> str | None:
+        """The payer as stored for lookups: lower case."""
+        return self.payer.lower() if self.payer else None
+
+    @property
+    def tx_hash_key(self) -> str | None:
+        """The transaction as stored for lookups: lower case."""
+        return self.tx_hash.lower() if self.tx_hash else None
+
     def params(self) -> tuple[Any, ...]:
         """The values for `insert_sql`'s seven placeholders, in order."""
         return (
@@ -60,8 +70,8 @@ class AuditEntry:
             self.event,
             self.from_status,
             self.to_status,
-            self.payer.lower() if self.payer else None,
-            self.tx_hash.lower() if self.tx_hash else None,
+            self.payer_key,
+            self.tx_hash_key,
             self.detail,
         )
 

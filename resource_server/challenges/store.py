@@ -484,7 +484,6 @@ class ChallengeStore:
         return [answers[i] for i in range(len(group))]
 
     async def _move_rows(self, moves: Sequence[_Move]) -> set[str]:
-        entries = [m.entry.params() for m in moves]
         rows = await self.pool.fetch(
             f"""WITH v AS (
                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -514,11 +513,11 @@ class ChallengeStore:
             [m.entry.tx_hash for m in moves],
             [m.error_reason for m in moves],
             [1 if m.settle_attempt else 0 for m in moves],
-            [e[1] for e in entries],
-            [e[4] for e in entries],
-            [encode_json(e[6]) for e in entries],
+            [m.entry.event for m in moves],
+            [m.entry.payer_key for m in moves],
+            [encode_json(m.entry.detail) for m in moves],
             list(range(len(moves))),
-            [e[5] for e in entries],
+            [m.entry.tx_hash_key for m in moves],
         )
         return {r["id"] for r in rows}
 
