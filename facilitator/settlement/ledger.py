@@ -160,28 +160,7 @@ class Ledger:
     ) -> list[SettlementRow | None]:
         """Stores new settlements, each leased to its owner: each gets its new row, or None when its
         authorization is already in the ledger. The rows and their first events commit together."""
-        columns: list[list[Any]] = [[] for _ in range(15)]
-        for new, owner in news:
-            k = new.key
-            values = (
-                k.chain_id,
-                k.token,
-                k.payer,
-                k.auth_nonce,
-                new.pay_to,
-                new.amount,
-                new.valid_after,
-                new.valid_before,
-                new.network,
-                new.x402_version,
-                new.payload_hash,
-                new.payload,
-                new.requirements,
-                new.calldata,
-                owner,
-            )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
+        columns = _new_columns(news)
         async with span("db.settlement.insert", rows=len(news)):
             records = await self.pool.fetch(
                 """
@@ -211,15 +190,103 @@ class Ledger:
                 *columns,
                 lease_seconds,
             )
-        by_key = {
-            (r["chain_id"], r["token"], r["payer"], r["auth_nonce"]): SettlementRow.from_record(r)
-            for r in records
-        }
-        out: list[SettlementRow | None] = []
-        for new, _ in news:
-            k = new.key
-            out.append(by_key.pop((k.chain_id, k.token, k.payer, k.auth_nonce), None))
-        return out
+        return _in_order(news, records)
+
+    async def insert_submitted(
+        self,
+        news: Sequence[tuple[NewSettlement, str]],
+        units: Sequence[Sequence[int]],
+        signer: str,
+        first_nonce: int,
+        signed: Sequence[SignedTransaction],
+        *,
+        lease_seconds: float,
+    ) -> list[tuple[SettlementRow, SignedTransaction]] | None:
+        """`insert_many` and `store_transactions_at` in one statement: new settlements (each leased to its
+        owner), stored already submitted with the transactions signed ahead for them, one per unit (`units`
+        holds indices into `news`) for nonces `first_nonce`, `first_nonce` + 1, ... All of it, or nothing
+        and None when that run is not the signer's next any more or an authorization is already in the
+        ledger: the caller then inserts and stores as usual. Answers each settlement's row and transaction,
+        in order; its events are `received` then `submitted`, as on the usual path."""
+        if [tx.nonce for tx in signed] != list(range(first_nonce, first_nonce + len(signed))):
+            raise ValueError("transactions must be signed for consecutive nonces from first_nonce")
+        tx_of: dict[int, SignedTransaction] = {}
+        for unit, tx in zip(units, signed, strict=True):
+            tx_of.update((i, tx) for i in unit)
+        if sorted(tx_of) != list(range(len(news))):
+            raise ValueError("every settlement must ride exactly one transaction")
+        by_row = [tx_of[i] for i in range(len(news))]
+        chain_id = news[0][0].key.chain_id
+        try:
+            async with span("db.settlement.insert_submitted", rows=len(news)):
+                records = await self.pool.fetch(
+                    """
+                    WITH n AS (
+                        UPDATE signer_nonces SET next_nonce = next_nonce + cardinality($18::text[])
+                        WHERE chain_id = $20 AND address = $21 AND next_nonce = $22
+                        RETURNING next_nonce
+                    ), v AS (
+                        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                             $6::numeric[], $7::numeric[], $8::numeric[], $9::text[],
+                                             $10::int[], $11::text[], $12::jsonb[], $13::jsonb[],
+                                             $14::bytea[], $15::text[], $16::text[], $17::bigint[])
+                            AS v(chain_id, token, payer, auth_nonce, pay_to, amount, valid_after,
+                                 valid_before, network, x402_version, payload_hash, payload, requirements,
+                                 calldata, lease_owner, tx_hash, signer_nonce)
+                        WHERE EXISTS (SELECT 1 FROM n)
+                    ), ins AS (
+                        INSERT INTO settlements (chain_id, token, payer, auth_nonce, pay_to, amount,
+                            valid_after, valid_before, network, x402_version, payload_hash, payload,
+                            requirements, calldata, status, tx_hash, attempts, submitted_at, lease_owner,
+                            lease_until)
+                        SELECT chain_id, token, payer, auth_nonce, pay_to, amount, valid_after, valid_before,
+                               network, x402_version, payload_hash, payload, requirements, calldata,
+                               'submitted', tx_hash, 1, now(), lease_owner, now() + make_interval(secs => $19)
+                        FROM v
+                        RETURNING *
+                    ), t AS (
+                        INSERT INTO settlement_transactions (tx_hash, chain_id, signer, signer_nonce, raw_tx,
+                            max_fee_per_gas)
+                        SELECT tx_hash, $20, $21, signer_nonce, raw_tx, max_fee_per_gas
+                        FROM unnest($18::text[], $23::bigint[], $24::bytea[], $25::numeric[])
+                            AS t(tx_hash, signer_nonce, raw_tx, max_fee_per_gas)
+                        WHERE EXISTS (SELECT 1 FROM n)
+                    ), m AS (
+                        INSERT INTO settlement_transaction_members (tx_hash, settlement_id)
+                        SELECT tx_hash, id FROM ins
+                    ), ev AS (
+                        INSERT INTO settlement_events (settlement_id, from_status, to_status, detail)
+                        SELECT ins.id, e.from_status, e.to_status, e.detail
+                        FROM ins JOIN v ON (v.chain_id, v.token, v.payer, v.auth_nonce)
+                                           = (ins.chain_id, ins.token, ins.payer, ins.auth_nonce)
+                        CROSS JOIN LATERAL (VALUES
+                            (1, NULL::text, 'received'::text,
+                                jsonb_build_object('lease_owner', ins.lease_owner)),
+                            (2, 'received', 'submitted', jsonb_build_object('tx_hash', ins.tx_hash,
+                                'signer', $21::text, 'signer_nonce', v.signer_nonce))
+                        ) AS e(k, from_status, to_status, detail)
+                        ORDER BY ins.id, e.k
+                    )
+                    SELECT * FROM ins
+                    """,
+                    *_new_columns(news),
+                    [tx.tx_hash for tx in by_row],
+                    [tx.nonce for tx in by_row],
+                    [tx.tx_hash for tx in signed],
+                    lease_seconds,
+                    chain_id,
+                    signer,
+                    first_nonce,
+                    [tx.nonce for tx in signed],
+                    [tx.raw_tx for tx in signed],
+                    [tx.max_fee_per_gas for tx in signed],
+                )
+        except asyncpg.UniqueViolationError:
+            return None  # an authorization already in the ledger: the whole statement wrote nothing
+        if not records:
+            return None
+        rows = _in_order(news, records)
+        return [(row, tx) for row, tx in zip(rows, by_row, strict=True) if row is not None]
 
     async def get_by_key(self, key: SettlementKey) -> SettlementRow | None:
         r = await self.pool.fetchrow(
@@ -648,3 +715,45 @@ async def _store_at(
         sources,
     )
     return by_row if stored else None
+
+
+def _new_columns(news: Sequence[tuple[NewSettlement, str]]) -> list[list[Any]]:
+    """New settlements as the 15 column arrays `insert_many` and `insert_submitted` unnest."""
+    columns: list[list[Any]] = [[] for _ in range(15)]
+    for new, owner in news:
+        k = new.key
+        values = (
+            k.chain_id,
+            k.token,
+            k.payer,
+            k.auth_nonce,
+            new.pay_to,
+            new.amount,
+            new.valid_after,
+            new.valid_before,
+            new.network,
+            new.x402_version,
+            new.payload_hash,
+            new.payload,
+            new.requirements,
+            new.calldata,
+            owner,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
+
+
+def _in_order(
+    news: Sequence[tuple[NewSettlement, str]], records: Sequence[asyncpg.Record]
+) -> list[SettlementRow | None]:
+    """Each new settlement's stored row, or None where it was not stored."""
+    by_key = {
+        (r["chain_id"], r["token"], r["payer"], r["auth_nonce"]): SettlementRow.from_record(r)
+        for r in records
+    }
+    out: list[SettlementRow | None] = []
+    for new, _ in news:
+        k = new.key
+        out.append(by_key.pop((k.chain_id, k.token, k.payer, k.auth_nonce), None))
+    return out

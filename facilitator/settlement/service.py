@@ -27,9 +27,9 @@ from .fees import FeeCapExceeded
 from .ledger import Confirmation, Ledger, NewSettlement, SettlementKey, SettlementRow, SignedTransaction
 from .receipt_checks import receipt_succeeded, transfer_matches
 from .recent import RecentVerifications
-from .signers import Signer
+from .signers import FeeQuote, Signer
 from .states import Status
-from .submitter import Broadcast, Submission, Submitter
+from .submitter import Broadcast, NewSubmission, Submission, Submitter
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +120,7 @@ class SettlementService:
                 rt.signers,
                 chain_id,
                 max_batch=rt.settings.max_batch_transfers,
+                lease_seconds=lease_seconds,
                 on_transaction=on_transaction,
             )
             for chain_id, rt in networks.items()
@@ -194,12 +195,35 @@ class SettlementService:
             calldata=verified.calldata,
         )
         attempt = self.attempt_id()
-        row = await self._inserts.submit((new, attempt))
-        if row is None:  # another caller or replica stored it first
-            other = await self.ledger.get_by_key(key)
-            assert other is not None
-            return await self._follow(other, digest)
-        return await self.submit_and_wait(row, verified, self.networks[chain_id], attempt=attempt)
+        network = self.networks[chain_id]
+        try:
+            gas_limit, fees = await self._gas_and_fees(verified, network)
+        except _SubmitFailed as exc:
+            # Nothing can be sent: the failure is recorded on the settlement's row all the same.
+            row = await self._inserts.submit((new, attempt))
+            if row is None:
+                return await self._follow_key(key, digest)
+            return response_for(await self._fail(row, exc))
+        # Stored with its transaction in one statement when the key's nonce is guessed right.
+        submission = NewSubmission(new, attempt, verified.target, verified.calldata, gas_limit, fees)
+        entered = await self.submitters[chain_id].submit_new(submission)
+        if entered is None:  # another caller or replica stored it first
+            return await self._follow_key(key, digest)
+        row, sent = entered
+        return await self._send_and_wait(
+            row,
+            verified,
+            network,
+            submission.of(row),
+            attempt=attempt,
+            receipt_wait=network.settings.receipt_timeout_seconds,
+            sent=sent,
+        )
+
+    async def _follow_key(self, key: SettlementKey, digest: str) -> SettleResponse:
+        other = await self.ledger.get_by_key(key)
+        assert other is not None
+        return await self._follow(other, digest)
 
     async def _await_local(
         self, fut: asyncio.Future[SettleResponse], key: SettlementKey, digest: str
@@ -252,29 +276,44 @@ class SettlementService:
     ) -> SettleResponse:
         timeout = network.settings.receipt_timeout_seconds if wait is None else max(wait, 0.0)
         try:
-            sent = await self._submit(row, verified, network)
+            gas_limit, fees = await self._gas_and_fees(verified, network)
+        except _SubmitFailed as exc:
+            return response_for(await self._fail(row, exc))
+        submission = Submission(row, verified.target, verified.calldata, gas_limit, fees)
+        return await self._send_and_wait(
+            row, verified, network, submission, attempt=attempt, receipt_wait=timeout, sent=None
+        )
+
+    async def _send_and_wait(
+        self,
+        row: SettlementRow,
+        verified: VerifiedPayment,
+        network: NetworkRuntime,
+        submission: Submission,
+        *,
+        attempt: str,
+        receipt_wait: float,
+        sent: Broadcast | None,
+    ) -> SettleResponse:
+        """Broadcasts `submission` (unless `sent` already did), deals with a refusal, and waits for the
+        receipt."""
+        try:
+            sent = await self._submit(submission, network, sent)
         except _BatchRefused as exc:
             # The node refused the batch this settlement rode in: resolve it from the chain like any
             # settlement whose transaction went missing (resent alone if its nonce was taken meanwhile).
             network.signers.release(exc.sent.signer)
             fresh = await self.ledger.get(row.id)
             assert fresh is not None
-            resolved = await self.reconcile(fresh, attempt=attempt, wait=timeout)
+            resolved = await self.reconcile(fresh, attempt=attempt, wait=receipt_wait)
             if not resolved.status.terminal:
                 await self.ledger.release(row.id, attempt)  # as with any pending answer: hand it over
             return response_for(resolved)
         except _SubmitFailed as exc:
-            failed = await self.ledger.finish(
-                row.id,
-                Status.FAILED,
-                error_reason=exc.reason,
-                error_message=exc.message,
-                tx_hash="" if exc.clear_tx else None,
-            )
-            return response_for(failed)
+            return response_for(await self._fail(row, exc))
         signed = sent.signed
         try:
-            receipt = await network.watcher.wait(signed.tx_hash, timeout)
+            receipt = await network.watcher.wait(signed.tx_hash, receipt_wait)
         finally:
             network.signers.release(sent.signer)
         if receipt is None:
@@ -289,11 +328,7 @@ class SettlementService:
             network.gas.observe(verified, int(receipt.get("gasUsed", "0x0"), 16))
         return response_for(await self.finalize(row, receipt, signed.tx_hash))
 
-    async def _submit(
-        self, row: SettlementRow, verified: VerifiedPayment, network: NetworkRuntime
-    ) -> Broadcast:
-        """Stores and broadcasts this settlement's transaction (maybe a batch); the caller owns releasing
-        the signer."""
+    async def _gas_and_fees(self, verified: VerifiedPayment, network: NetworkRuntime) -> tuple[int, FeeQuote]:
         try:
             gas_limit = await network.gas.limit_for(verified, network.signers.addresses[0])
         except RpcError as exc:
@@ -302,10 +337,26 @@ class SettlementService:
             fees = await network.fees.quote()
         except FeeCapExceeded as exc:
             raise _SubmitFailed(reasons.UNEXPECTED_SETTLE_ERROR, str(exc)) from None
+        return gas_limit, fees
 
+    async def _fail(self, row: SettlementRow, exc: _SubmitFailed) -> SettlementRow:
+        return await self.ledger.finish(
+            row.id,
+            Status.FAILED,
+            error_reason=exc.reason,
+            error_message=exc.message,
+            tx_hash="" if exc.clear_tx else None,
+        )
+
+    async def _submit(
+        self, submission: Submission, network: NetworkRuntime, sent: Broadcast | None
+    ) -> Broadcast:
+        """Stores and broadcasts this settlement's transaction (maybe a batch), unless `sent` already
+        did, and deals with the node refusing it; the caller owns releasing the signer."""
         submitter = self.submitters[network.chain_id]
-        submission = Submission(row, verified.target, verified.calldata, gas_limit, fees)
-        sent = await submitter.submit(submission)
+        row = submission.row
+        if sent is None:
+            sent = await submitter.submit(submission)
         tried: set[str] = set()
         caught_up: set[str] = set()
         while True:
@@ -337,7 +388,7 @@ class SettlementService:
             fresh = await self.ledger.get(row.id)
             assert fresh is not None
             row = fresh
-            submission = Submission(row, verified.target, verified.calldata, gas_limit, fees)
+            submission = Submission(row, submission.to, submission.calldata, submission.gas, submission.fees)
             sent = await submitter.submit_as(submission, network.signers.pick(avoid=tried))
 
     async def _undo_refused(

@@ -280,3 +280,65 @@ async def test_a_wrong_guess_or_a_row_that_cannot_move_writes_nothing(ledger: Le
     results = await ledger.store_transactions(units, SIGNER, fake_sign)
     assert isinstance(results[0], IllegalTransition)
     assert [r.nonce for r in results[1:] if isinstance(r, SignedTransaction)] == [5, 6]
+
+
+async def test_new_settlements_go_in_already_submitted_in_one_statement(ledger: Ledger) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 4)
+    news = [(new_settlement(f"0x{i:040x}"), f"o/{i}") for i in range(1, 4)]
+    signed = [
+        SignedTransaction("0x" + "a1" * 32, b"\x02" + os.urandom(90), 4, 10**9),
+        SignedTransaction("0x" + "a2" * 32, b"\x02" + os.urandom(90), 5, 10**9),
+    ]
+
+    entered = await ledger.insert_submitted(news, [[0, 2], [1]], SIGNER, 4, signed, lease_seconds=30)
+
+    assert entered is not None
+    assert [(row.key, tx) for row, tx in entered] == [
+        (news[0][0].key, signed[0]),
+        (news[1][0].key, signed[1]),
+        (news[2][0].key, signed[0]),
+    ]
+    for (row, tx), (new, owner) in zip(entered, news, strict=True):
+        assert (row.status, row.tx_hash, row.attempts, row.lease_owner) == (
+            Status.SUBMITTED,
+            tx.tx_hash,
+            1,
+            owner,
+        )
+        assert row.amount == new.amount and row.payload == new.payload and row.calldata == new.calldata
+        events = await ledger.events(row.id)
+        assert [(e["from_status"], e["to_status"]) for e in events] == [
+            (None, "received"),
+            ("received", "submitted"),
+        ]
+        assert events[0]["detail"] == {"lease_owner": owner}
+        assert events[1]["detail"]["signer_nonce"] == tx.nonce
+    batch = await ledger.rows_by_tx_hash(signed[0].tx_hash)
+    assert [r.id for r in batch] == [entered[0][0].id, entered[2][0].id]
+    (stored,) = await ledger.transactions(entered[0][0].id)
+    assert (stored.signer, stored.signer_nonce, stored.raw_tx) == (SIGNER, 4, signed[0].raw_tx)
+    (extra,) = await fresh_rows(ledger, 1)
+    (after,) = await ledger.store_transactions([[extra]], SIGNER, fake_sign)
+    assert isinstance(after, SignedTransaction) and after.nonce == 6
+
+
+async def test_a_known_authorization_or_a_wrong_guess_inserts_nothing(ledger: Ledger) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 0)
+    known = new_settlement("0x" + "7" * 40)
+    assert (await ledger.insert_many([(known, "first")], lease_seconds=30))[0] is not None
+    fresh = new_settlement("0x" + "8" * 40)
+    tx = SignedTransaction("0x" + "b1" * 32, b"\x02" + os.urandom(90), 0, 10**9)
+
+    async def nothing_written() -> None:
+        assert await ledger.get_by_key(fresh.key) is None
+        (again,) = await fresh_rows(ledger, 1)
+        assert await ledger.store_transactions_at([[again]], SIGNER, 0, fake_sign([([again], 0)])) is not None
+
+    # The known one makes the INSERT fail: the fresh one, the nonce and the transaction go with it.
+    news = [(fresh, "o/1"), (known, "o/2")]
+    assert await ledger.insert_submitted(news, [[0, 1]], SIGNER, 0, [tx], lease_seconds=30) is None
+    late = SignedTransaction(tx.tx_hash, tx.raw_tx, 3, tx.max_fee_per_gas)  # the signer is at 0, not 3
+    assert await ledger.insert_submitted([(fresh, "o/1")], [[0]], SIGNER, 3, [late], lease_seconds=30) is None
+    await nothing_written()
+    with pytest.raises(ValueError, match="exactly one"):
+        await ledger.insert_submitted([(fresh, "o/1")], [[]], SIGNER, 3, [late], lease_seconds=30)

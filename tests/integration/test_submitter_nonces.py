@@ -10,9 +10,10 @@ import pytest
 
 from facilitator.settlement.ledger import Ledger
 from facilitator.settlement.signers import FeeQuote, Signer, SignerPool
-from facilitator.settlement.submitter import Submission, Submitter
+from facilitator.settlement.states import Status
+from facilitator.settlement.submitter import NewSubmission, Submission, Submitter
 from shared.devchain.constants import DEV_ACCOUNT_KEYS
-from tests.integration.test_ledger_groups import CHAIN, TOKEN, fresh_rows, ledger
+from tests.integration.test_ledger_groups import CHAIN, TOKEN, fresh_rows, ledger, new_settlement
 
 pytestmark = pytest.mark.integration
 __all__ = ["ledger"]  # fixture
@@ -39,6 +40,12 @@ class CountingLedger(Ledger):
         super().__init__(ledger.pool)
         self.locking = 0
         self.ahead = 0
+        self.inserted_ahead = 0
+
+    async def insert_submitted(self, *args: Any, **kwargs: Any) -> Any:
+        entered = await super().insert_submitted(*args, **kwargs)
+        self.inserted_ahead += entered is not None
+        return entered
 
     async def store_transactions(self, *args: Any, **kwargs: Any) -> Any:
         self.locking += 1
@@ -76,3 +83,39 @@ async def test_replicas_sharing_a_key_get_consecutive_nonces_guessed_or_not(ledg
     for row, nonce in zip(rows, nonces, strict=True):
         (stored,) = await ledger.transactions(row.id)
         assert (stored.signer, stored.signer_nonce) == (signer.address, nonce)
+
+
+async def test_new_settlements_go_in_with_their_transaction_and_a_known_one_is_left_alone(
+    ledger: Ledger,
+) -> None:
+    signer = Signer(DEV_ACCOUNT_KEYS[1])
+    await ledger.sync_signer_nonce(CHAIN, signer.address, 0)
+    counting = CountingLedger(ledger)
+    node = Node()
+    first, second = (
+        Submitter(counting, node, SignerPool([Signer(DEV_ACCOUNT_KEYS[1])]), CHAIN)  # type: ignore[arg-type]
+        for _ in range(2)
+    )
+    news = [new_settlement(f"0x{i:040x}") for i in range(1, 7)]
+
+    nonces = []
+    for i, new in enumerate(news):
+        submitter = second if i % 3 == 2 else first
+        entered = await submitter.submit_new(NewSubmission(new, f"o/{i}", TOKEN, new.calldata, 90_000, FEES))
+        assert entered is not None
+        row, sent = entered
+        assert sent.refused is None and row.key == new.key and row.lease_owner == f"o/{i}"
+        current = await ledger.get(row.id)
+        assert current is not None and current.status is Status.SUBMITTED
+        assert current.tx_hash == sent.signed.tx_hash
+        nonces.append(sent.signed.nonce)
+
+    assert nonces == [0, 1, 2, 3, 4, 5]
+    # One statement for row and transaction when the guess holds (rows 1 and 4), else insert then store.
+    assert (counting.inserted_ahead, counting.locking) == (2, 4)
+    # An authorization already in the ledger: nothing stored or sent for it, the key's next nonce untouched.
+    again = await first.submit_new(NewSubmission(news[0], "o/again", TOKEN, news[0].calldata, 90_000, FEES))
+    assert again is None and len(node.sent) == 6
+    (extra,) = await fresh_rows(ledger, 1)
+    sent = await first.submit(Submission(extra, TOKEN, extra.calldata, 90_000, FEES))
+    assert sent.signed.nonce == 6
