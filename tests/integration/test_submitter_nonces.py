@@ -4,6 +4,7 @@ the guess and the locking path allocates. Two submitters sharing a key and a led
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -57,15 +58,33 @@ class CountingLedger(Ledger):
         return stored
 
 
-async def test_replicas_sharing_a_key_get_consecutive_nonces_guessed_or_not(ledger: Ledger) -> None:
+@dataclass
+class Replicas:
+    """Two submitters sharing one key and one ledger, as two replicas do."""
+
+    signer: Signer
+    ledger: CountingLedger
+    node: Node
+    first: Submitter
+    second: Submitter
+
+
+@pytest.fixture
+async def replicas(ledger: Ledger) -> Replicas:
     signer = Signer(DEV_ACCOUNT_KEYS[1])
     await ledger.sync_signer_nonce(CHAIN, signer.address, 0)
-    counting = CountingLedger(ledger)
-    node = Node()
+    counting, node = CountingLedger(ledger), Node()
     first, second = (
         Submitter(counting, node, SignerPool([Signer(DEV_ACCOUNT_KEYS[1])]), CHAIN)  # type: ignore[arg-type]
         for _ in range(2)
     )
+    return Replicas(signer, counting, node, first, second)
+
+
+async def test_replicas_sharing_a_key_get_consecutive_nonces_guessed_or_not(
+    ledger: Ledger, replicas: Replicas
+) -> None:
+    counting, node, first, second = replicas.ledger, replicas.node, replicas.first, replicas.second
     rows = await fresh_rows(ledger, 6)
 
     nonces = []
@@ -82,20 +101,13 @@ async def test_replicas_sharing_a_key_get_consecutive_nonces_guessed_or_not(ledg
     assert (counting.ahead, counting.locking) == (2, 4)
     for row, nonce in zip(rows, nonces, strict=True):
         (stored,) = await ledger.transactions(row.id)
-        assert (stored.signer, stored.signer_nonce) == (signer.address, nonce)
+        assert (stored.signer, stored.signer_nonce) == (replicas.signer.address, nonce)
 
 
 async def test_new_settlements_go_in_with_their_transaction_and_a_known_one_is_left_alone(
-    ledger: Ledger,
+    ledger: Ledger, replicas: Replicas
 ) -> None:
-    signer = Signer(DEV_ACCOUNT_KEYS[1])
-    await ledger.sync_signer_nonce(CHAIN, signer.address, 0)
-    counting = CountingLedger(ledger)
-    node = Node()
-    first, second = (
-        Submitter(counting, node, SignerPool([Signer(DEV_ACCOUNT_KEYS[1])]), CHAIN)  # type: ignore[arg-type]
-        for _ in range(2)
-    )
+    counting, node, first, second = replicas.ledger, replicas.node, replicas.first, replicas.second
     news = [new_settlement(f"0x{i:040x}") for i in range(1, 7)]
 
     nonces = []
