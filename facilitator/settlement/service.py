@@ -125,7 +125,8 @@ class SettlementService:
             )
             for chain_id, rt in networks.items()
         }
-        # Concurrent settlements are stored together: one commit for every row that arrives meanwhile.
+        # New settlements go in with their transaction (`Submitter.submit_new`); these inserts are for the
+        # ones that cannot be sent (no gas figure or fee quote), recorded failed all the same.
         self._inserts: Coalescer[tuple[NewSettlement, str], SettlementRow | None] = Coalescer(
             self._insert_group, max_concurrent=2
         )
