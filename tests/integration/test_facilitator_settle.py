@@ -278,3 +278,32 @@ async def test_settle_reuses_a_verify_of_the_same_payload_a_moment_ago(dev_chain
     # A repeat after settlement is answered from the ledger, not from a verification.
     assert (await fac.post("/settle", body)).json()["success"] is True
     assert dev_chain.balance_of(body["paymentRequirements"]["payTo"]) == 1_000
+
+
+async def test_a_settlement_that_cannot_be_priced_is_recorded_failed_and_sends_nothing(
+    dev_chain, start_facilitator, fresh_database
+):
+    # A fee cap of one wei: the chain's base fee is above it, so no transaction may be signed.
+    fac = await start_facilitator(network={"max_fee_per_gas_gwei": "0.000000001"})
+    payer = dev_chain.new_payer(1_000_000)
+    body = paid_request(dev_chain, payer, 3_000)
+    answer = (await fac.post("/settle", body)).json()
+    assert answer["success"] is False and answer["errorReason"] == reasons.UNEXPECTED_SETTLE_ERROR, answer
+    assert "cap" in answer["errorMessage"]
+    conn = await asyncpg.connect(fresh_database)
+    try:
+        row = await conn.fetchrow("SELECT status, error_reason, tx_hash FROM settlements")
+        events = [
+            r["to_status"] for r in await conn.fetch("SELECT to_status FROM settlement_events ORDER BY id")
+        ]
+    finally:
+        await conn.close()
+    assert (row["status"], row["error_reason"], row["tx_hash"]) == (
+        "failed",
+        reasons.UNEXPECTED_SETTLE_ERROR,
+        None,
+    )
+    assert events == ["received", "failed"]
+    assert await _tx_count(fresh_database) == 0
+    assert dev_chain.balance_of(payer.address) == 1_000_000
+    assert (await fac.post("/settle", body)).json() == answer  # the recorded outcome, not a new attempt
