@@ -298,6 +298,7 @@ async def test_a_settlement_that_cannot_be_priced_is_recorded_failed_and_sends_n
         ]
     finally:
         await conn.close()
+    assert row is not None
     assert (row["status"], row["error_reason"], row["tx_hash"]) == (
         "failed",
         reasons.UNEXPECTED_SETTLE_ERROR,
