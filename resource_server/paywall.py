@@ -287,9 +287,7 @@ class Paywall:
                     verify_answer=verify_answer,
                     received=received,
                 )
-                if received is not None and outcome is ClaimOutcome.PAYMENT_USED:
-                    await self.store.record_entry(received)  # that outcome wrote nothing
-                received = None
+                received = None  # written by that claim, whatever its outcome
                 if outcome is ClaimOutcome.CLAIMED:
                     return Authorized(priced, attempt, found)
                 if outcome is ClaimOutcome.PAYMENT_USED:

@@ -8,6 +8,7 @@ first, and a challenge that is gone from here is simply read back."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime
 
@@ -21,7 +22,7 @@ class IssuedChallenges:
         if max_entries < 0:
             raise ValueError("max_entries must not be negative")
         self.max_entries = max_entries
-        self._entries: dict[str, Challenge] = {}  # insertion order: oldest first
+        self._entries: OrderedDict[str, Challenge] = OrderedDict()  # oldest first
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -30,7 +31,7 @@ class IssuedChallenges:
         if self.max_entries == 0:
             return
         while len(self._entries) >= self.max_entries:
-            del self._entries[next(iter(self._entries))]
+            self._entries.popitem(last=False)
         self._entries[challenge.id] = challenge
 
     def take(self, challenge_id: str, *, now: datetime) -> Challenge | None:

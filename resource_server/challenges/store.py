@@ -79,14 +79,16 @@ class StuckPayment:
 
 @dataclass(frozen=True, slots=True)
 class _NewChallenge:
+    """A challenge's row, its JSON already encoded: a value that cannot be fails its own request only."""
+
     id: str
     route: str
     resource: str
-    params: dict[str, Any]
+    params_json: str
     params_hash: str
-    price: dict[str, Any]
-    requirements: list[dict[str, Any]]
-    requirements_v1: list[dict[str, Any]]
+    price_json: str
+    requirements_json: str
+    requirements_v1_json: str
     expires_at: datetime
 
 
@@ -97,6 +99,7 @@ class _Move:
     error_reason: str | None
     settle_attempt: bool
     entry: AuditEntry  # its challenge_id names the challenge; its tx_hash goes on the row too
+    detail_json: str  # the entry's detail, encoded before it joins a group
 
     @property
     def challenge_id(self) -> str:
@@ -203,10 +206,21 @@ class ChallengeStore:
             self._observe_clock(await self.pool.fetchval("SELECT now()"))
         expires_at = datetime.fromtimestamp(self.estimated_now() + ttl_seconds, UTC)
         v2, v1 = build(challenge_id, int(expires_at.timestamp()))
-        new = _NewChallenge(challenge_id, route, resource, params, params_hash, price, v2, v1, expires_at)
         async with span("db.challenge.issue"):
             if note is None:
-                db_now = await self._issues.submit(new)
+                db_now = await self._issues.submit(
+                    _NewChallenge(
+                        challenge_id,
+                        route,
+                        resource,
+                        encode_json(params),
+                        params_hash,
+                        encode_json(price),
+                        encode_json(v2),
+                        encode_json(v1),
+                        expires_at,
+                    )
+                )
             else:
                 db_now = await self.pool.fetchval(
                     f"WITH noted AS ({insert_sql(10)}) "
@@ -269,11 +283,11 @@ class ChallengeStore:
             [c.id for c in group],
             [c.route for c in group],
             [c.resource for c in group],
-            [encode_json(c.params) for c in group],
+            [c.params_json for c in group],
             [c.params_hash for c in group],
-            [encode_json(c.price) for c in group],
-            [encode_json(c.requirements) for c in group],
-            [encode_json(c.requirements_v1) for c in group],
+            [c.price_json for c in group],
+            [c.requirements_json for c in group],
+            [c.requirements_v1_json for c in group],
             [c.expires_at for c in group],
         )
         return [issued_at] * len(group)  # now() is the transaction's start: one value for every row
@@ -372,7 +386,8 @@ class ChallengeStore:
         verified (a conditional UPDATE: one winner among racing replicas), records the authorization under
         its unique key, and writes the `verified` audit row. A used authorization makes the INSERT fail,
         which aborts the whole statement: both or neither. `received`, the attempt's audit row when no
-        `receive` wrote it, goes first in the same INSERT (written whatever the outcome, but that abort)."""
+        `receive` wrote it, goes first in the same INSERT, and is written on its own when a unique key
+        aborts the statement: whatever the outcome, once."""
         key, challenge = match.key, match.challenge
         entry = AuditEntry(
             "verified",
@@ -417,6 +432,8 @@ class ChallengeStore:
                     *(received.params() if received else ()),
                 )
         except asyncpg.UniqueViolationError as exc:
+            if received is not None:
+                await self.record_entry(received)  # the aborted statement took it with it
             if exc.constraint_name == _AUTH_KEY_CONSTRAINT:
                 return ClaimOutcome.PAYMENT_USED
             return ClaimOutcome.CHALLENGE_TAKEN  # a payment row for this challenge already exists
@@ -462,14 +479,16 @@ class ChallengeStore:
             to_status=new,
         )
         async with span("db.challenge.transition"):
-            moved = await self._moves.submit(_Move(current, new, error_reason, settle_attempt, entry))
+            move = _Move(current, new, error_reason, settle_attempt, entry, encode_json(entry.detail))
+            moved = await self._moves.submit(move)
         if moved and self.metrics is not None:
             self.metrics.recorded(entry, error_reason)
         return moved
 
-    async def _move_group(self, group: list[_Move]) -> list[bool]:
+    async def _move_group(self, group: list[_Move]) -> list[bool | Exception]:
         # A challenge twice in one group would be updated once: repeats go in a statement of their own.
-        answers: dict[int, bool] = {}
+        # Each statement answers for its own moves only: one that failed says nothing of one committed.
+        answers: dict[int, bool | Exception] = {}
         pending = list(enumerate(group))
         while pending:
             seen: set[str] = set()
@@ -478,8 +497,12 @@ class ChallengeStore:
             for i, move in pending:
                 (later if move.challenge_id in seen else now).append((i, move))
                 seen.add(move.challenge_id)
-            moved = await self._move_rows([move for _, move in now])
-            answers.update((i, move.challenge_id in moved) for i, move in now)
+            try:
+                moved = await self._move_rows([move for _, move in now])
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                answers.update((i, exc) for i, _ in now)
+            else:
+                answers.update((i, move.challenge_id in moved) for i, move in now)
             pending = later
         return [answers[i] for i in range(len(group))]
 
@@ -493,7 +516,7 @@ class ChallengeStore:
                              audit_tx_hash)),
                 locked AS (
                     SELECT c.id FROM rs_challenges c JOIN v ON v.id = c.id AND c.status = v.cur
-                    ORDER BY c.id FOR UPDATE OF c),
+                    ORDER BY c.id FOR NO KEY UPDATE OF c),
                 moved AS (
                     UPDATE rs_challenges c SET status = v.new, tx_hash = COALESCE(v.tx_hash, c.tx_hash),
                         error_reason = COALESCE(v.error_reason, c.error_reason), updated_at = now(),
@@ -515,7 +538,7 @@ class ChallengeStore:
             [1 if m.settle_attempt else 0 for m in moves],
             [m.entry.event for m in moves],
             [m.entry.payer_key for m in moves],
-            [encode_json(m.entry.detail) for m in moves],
+            [m.detail_json for m in moves],
             list(range(len(moves))),
             [m.entry.tx_hash_key for m in moves],
         )
