@@ -411,8 +411,10 @@ class Ledger:
             self.pool.acquire() as conn,
             conn.transaction(),
         ):
-            # Rows in id order, so two groups never deadlock on each other's rows, then the nonce row,
-            # which stays locked until commit: allocations of one signer are serialised across replicas.
+            # Every row first, in id order (so two groups never deadlock on each other's rows), then the
+            # nonce row: its CTE waits for all of `cur` (the count), as `_store_at` does, so no one holds
+            # the nonce row while waiting for a row. It stays locked until commit: allocations of one
+            # signer are serialised across replicas.
             locked = await conn.fetch(
                 """
                 WITH cur AS (
@@ -420,7 +422,8 @@ class Ledger:
                     JOIN unnest($1::bigint[]) AS u(id) ON u.id = s.id
                     ORDER BY s.id FOR UPDATE OF s
                 ), nonce AS (
-                    SELECT next_nonce FROM signer_nonces WHERE chain_id = $2 AND address = $3 FOR UPDATE
+                    SELECT next_nonce FROM signer_nonces
+                    WHERE chain_id = $2 AND address = $3 AND (SELECT count(*) FROM cur) >= 0 FOR UPDATE
                 )
                 SELECT cur.id, cur.status, nonce.next_nonce FROM cur LEFT JOIN nonce ON true
                 """,

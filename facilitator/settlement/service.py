@@ -125,11 +125,6 @@ class SettlementService:
             )
             for chain_id, rt in networks.items()
         }
-        # New settlements go in with their transaction (`Submitter.submit_new`); these inserts are for the
-        # ones that cannot be sent (no gas figure or fee quote), recorded failed all the same.
-        self._inserts: Coalescer[tuple[NewSettlement, str], SettlementRow | None] = Coalescer(
-            self._insert_group, max_concurrent=2
-        )
         # Receipts arrive together (one poll serves every waiter): their confirmations commit together.
         self._confirmations: Coalescer[Confirmation, SettlementRow] = Coalescer(
             self._confirm_group, max_concurrent=2
@@ -200,8 +195,9 @@ class SettlementService:
         try:
             gas_limit, fees = await self._gas_and_fees(verified, network)
         except _SubmitFailed as exc:
-            # Nothing can be sent: the failure is recorded on the settlement's row all the same.
-            row = await self._inserts.submit((new, attempt))
+            # Nothing can be sent: the failure is recorded on the settlement's row all the same. (New
+            # settlements otherwise go in with their transaction: `Submitter.submit_new`.)
+            (row,) = await self.ledger.insert_many([(new, attempt)], lease_seconds=self.lease_seconds)
             if row is None:
                 return await self._follow_key(key, digest)
             return response_for(await self._fail(row, exc))
@@ -367,11 +363,19 @@ class SettlementService:
             log.warning(
                 "broadcast_refused", settlement_id=row.id, signer=signer.address, error=refused.message
             )
-            if sent.carries > 1:
-                if _nonce_too_low(refused):
-                    await self._catch_up(network, signer)
-                raise _BatchRefused(sent)
-            if not await self._undo_refused(network, signer, sent.signed, refused):
+            try:
+                if sent.carries > 1:
+                    if _nonce_too_low(refused):
+                        await self._catch_up(network, signer)
+                    undone = None
+                else:
+                    undone = await self._undo_refused(network, signer, sent.signed, refused)
+            except BaseException:
+                network.signers.release(signer)  # an error on the way out: no answer holds the key for it
+                raise
+            if undone is None:
+                raise _BatchRefused(sent)  # the caller releases its key
+            if not undone:
                 # Later nonces of this key are out: leaving a hole would stall them, so the stored
                 # transaction stays and the reconciler keeps re-broadcasting it.
                 return sent
@@ -451,11 +455,6 @@ class SettlementService:
         return await self._confirmations.submit(
             Confirmation(row.id, tx_hash, block_number, receipt.get("blockHash"), gas_used)
         )
-
-    async def _insert_group(
-        self, group: list[tuple[NewSettlement, str]]
-    ) -> list[SettlementRow | Exception | None]:
-        return list(await self.ledger.insert_many(group, lease_seconds=self.lease_seconds))
 
     async def _confirm_group(self, group: list[Confirmation]) -> list[SettlementRow | Exception]:
         unique = list({c.settlement_id: c for c in group}.values())

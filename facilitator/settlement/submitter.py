@@ -111,6 +111,8 @@ class Submitter:
         self._next_nonce: dict[str, int] = {}
         self._key_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Groups of different signers may commit together; groups of one signer queue on its nonce row.
+        # A group holds at least one full batch, whatever `max_batch` is configured.
+        max_group = max(max_group, max_batch)
         self._groups: Coalescer[Submission, Stored] = Coalescer(
             self._flush, max_batch=max_group, max_concurrent=min(len(signers.signers), 2)
         )
