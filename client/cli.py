@@ -55,13 +55,13 @@ def stack_defaults(path: Path) -> dict[str, Any]:
 
 
 def _tx_hash(value: str) -> str:
-    if not TX_HASH.match(value):
+    if not TX_HASH.fullmatch(value):
         raise argparse.ArgumentTypeError("must be 0x followed by 64 hex digits")
     return value.lower()
 
 
 def _nonce(value: str) -> str:
-    if not TX_HASH.match(value):  # the same shape: 0x and 32 bytes
+    if not TX_HASH.fullmatch(value):  # the same shape: 0x and 32 bytes
         raise argparse.ArgumentTypeError("must be 0x followed by 64 hex digits (an EIP-3009 nonce)")
     return value.lower()
 

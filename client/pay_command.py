@@ -277,6 +277,7 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
         return
     settlement, payment = paid.settlement, paid.payment
     state = settlement_state(settlement) if settlement is not None else None
+    nonce = payment.nonce if payment is not None else "<nonce>"
     if state == "deferred":
         # Not a failure, but nothing is on chain to check yet: say when there will be.
         url = status_url(paid.response)
@@ -284,7 +285,7 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
         outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_yet_available"
         outcome.error = (
             "receipt not verified: the settlement is deferred until the job completes, so there is no "
-            f"transaction yet; {later}, check it with `x402 receipt <txHash>`"
+            f"transaction yet; {later}, check it with `x402 receipt <txHash> --nonce {nonce}`"
         )
         return
     if state == "pending" and settlement is not None and not settlement.transaction:
@@ -318,7 +319,7 @@ def check_receipt(outcome: PayOutcome, facilitator: str, rpc_url: str) -> None:
         outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_confirmed"
         outcome.error = (
             "receipt not verified: the transaction is not confirmed yet; "
-            f"check later with `x402 receipt {settlement.transaction}`"
+            f"check later with `x402 receipt {settlement.transaction} --nonce {payment.nonce}`"
         )
     elif failed:
         outcome.exit_code, outcome.error_code = EXIT_REFUSED, "receipt_not_verified"

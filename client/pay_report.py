@@ -121,7 +121,8 @@ def report_lines(plan: PayPlan | None, outcome: PayOutcome) -> list[str]:
         )
         lines.append(f"payer: {payment.payer}{source}")
     if outcome.paid is not None and outcome.paid.settlement is not None:
-        lines += _settlement_lines(outcome.paid.settlement, outcome.paid.response)
+        nonce = outcome.payment.nonce if outcome.payment is not None else None
+        lines += _settlement_lines(outcome.paid.settlement, outcome.paid.response, nonce)
     if outcome.receipt_checks:
         width = max(len(c.name) for c in outcome.receipt_checks)
         lines.append("receipt:")
@@ -140,7 +141,8 @@ def report_lines(plan: PayPlan | None, outcome: PayOutcome) -> list[str]:
     return lines
 
 
-def _settlement_lines(settlement: SettleResponse, response: httpx.Response) -> list[str]:
+def _settlement_lines(settlement: SettleResponse, response: httpx.Response, nonce: str | None) -> list[str]:
+    """`nonce`: our payment's, which names it in a transaction that settled several (`--nonce`)."""
     state = settlement_state(settlement)
     if state == "deferred":
         lines = [
@@ -157,7 +159,8 @@ def _settlement_lines(settlement: SettleResponse, response: httpx.Response) -> l
             return [f"settlement: pending (not yet confirmed; the server reported no transaction), {where}"]
         return [
             f"settlement: pending (broadcast, not yet confirmed), tx {settlement.transaction}, {where}; "
-            f"check it later with `x402 receipt {settlement.transaction}`"
+            f"check it later with `x402 receipt {settlement.transaction}"
+            + (f" --nonce {nonce}`" if nonce else "`")
         ]
     verdict = "success" if state == "settled" else f"FAILED ({settlement.error_reason})"
     return [
