@@ -9,6 +9,7 @@ import asyncio
 import secrets
 import time
 import types
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -221,10 +222,23 @@ async def test_expiry_is_on_the_database_clock_even_when_ours_is_off(store, monk
         assert not challenge.expired
 
 
+def count_statements(pool: Any) -> Callable[[], int]:
+    """Statements the pool's connections send from now on (asyncpg's query logger, on every connection
+    the pool holds; the store's pool keeps them all open)."""
+    sent: list[str] = []
+    for holder in pool._holders:  # private asyncpg attribute, for measuring only
+        if holder._con is not None:
+            holder._con.add_query_logger(lambda record: sent.append(record.query))
+    return lambda: len(sent)
+
+
 async def test_issues_and_moves_arriving_together_share_a_statement_and_stay_apart(store):
     # Issued at once: one INSERT for all, each row with its own requirements (lists of objects, stored as
     # sent, not taken apart as array dimensions).
+    await issue(store)  # reads the database's clock: the next ones go straight to their group
+    statements = count_statements(store.pool)
     challenges = await asyncio.gather(*(issue(store, params_hash=f"h{i}") for i in range(12)))
+    assert statements() <= 2, statements()  # one group, or a first one that went alone
     for c in challenges:
         row = await store.pool.fetchrow("SELECT * FROM rs_challenges WHERE id = $1", c.id)
         assert (row["params_hash"], row["requirements"], row["requirements_v1"]) == (
@@ -255,8 +269,10 @@ async def test_issues_and_moves_arriving_together_share_a_statement_and_stay_apa
     again = store.transition(
         challenges[0].id, ChallengeStatus.VERIFIED, ChallengeStatus.FAILED, event="settle_failed"
     )
+    statements = count_statements(store.pool)
     answers = await asyncio.gather(*(settle(c, i) for i, c in enumerate(challenges)), again)
     assert answers == [True] * 12 + [False]
+    assert statements() < 12, statements()  # moves share statements (how many depends on the loop's turns)
     for i, c in enumerate(challenges):
         row = await store.pool.fetchrow("SELECT * FROM rs_challenges WHERE id = $1", c.id)
         assert (row["status"], row["tx_hash"], row["settle_attempts"]) == ("settled", tx, 1)
