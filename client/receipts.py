@@ -1,6 +1,7 @@
 """Checking a facilitator's payment receipt: who signed it, and whether the chain itself shows that very
-transfer. The on-chain check is written here rather than borrowed from the facilitator on purpose: a
-receipt is worth checking only if the check does not share the code path of the party that issued it."""
+transfer. The chain is asked here, through the client's own RPC, and never through the facilitator: a
+receipt is worth checking only if the evidence does not come from the party that issued it. Reading the
+logs is a pure function of the mined receipt (shared.evm.transfer_logs), which the facilitator also uses."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ from typing import Any
 
 import httpx
 from eth_abi.abi import decode
-from eth_utils.crypto import keccak
 
+from shared.evm.transfer_logs import MissingEvent, missing_transfer_event
 from shared.receipt_signing import recover_receipt_signer
 
 TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
-# Both events are emitted by FiatToken's transferWithAuthorization: AuthorizationUsed proves this very
-# authorization (payer, nonce) was consumed, Transfer proves where the money went and how much.
-_TRANSFER = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
-_AUTHORIZATION_USED = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
 _DECIMALS = "0x313ce567"  # decimals()
 _SYMBOL = "0x95d89b41"  # symbol()
 
@@ -188,45 +185,21 @@ class JsonRpc:
         return answer.get("result")
 
 
-def _topic_address(topic: str) -> str:
-    return "0x" + topic[-40:].lower()
-
-
 def transfer_problem(
     chain_receipt: dict[str, Any], *, token: str, payer: str, pay_to: str, amount: int, nonce: str
 ) -> str | None:
     """None when the mined receipt's logs show this authorization used and this amount moved by it.
 
-    The token emits AuthorizationUsed(payer, nonce) and then, as its next event, the transfer's Transfer:
-    they are checked as that pair, so in a transaction carrying several transfers (a batch) another call's
-    Transfer cannot vouch for this authorization."""
-    events = [
-        [str(t).lower() for t in log.get("topics") or []] + [str(log.get("data") or "0x")]
-        for log in chain_receipt.get("logs") or []
-        if str(log.get("address", "")).lower() == token.lower()  # another contract's event proves nothing
-    ]
-    used = False
-    for i, event in enumerate(events):
-        if not (
-            len(event) == 4
-            and event[0] == _AUTHORIZATION_USED
-            and _topic_address(event[1]) == payer.lower()
-            and event[2] == nonce.lower()
-        ):
-            continue
-        used = True
-        moved = events[i + 1] if i + 1 < len(events) else []
-        if (
-            len(moved) == 4
-            and moved[0] == _TRANSFER
-            and _topic_address(moved[1]) == payer.lower()
-            and _topic_address(moved[2]) == pay_to.lower()
-            and (int(moved[3], 16) if moved[3] not in ("0x", "") else 0) == amount
-        ):
-            return None
-    if not used:
+    AuthorizationUsed proves this very authorization (payer, nonce) was consumed, its paired Transfer
+    where the money went and how much; in a batch another call's Transfer cannot vouch for it."""
+    missing = missing_transfer_event(
+        chain_receipt, token=token, payer=payer, pay_to=pay_to, amount=amount, nonce=nonce
+    )
+    if missing is None:
+        return None
+    if missing is MissingEvent.AUTHORIZATION_USED:
         return f"no AuthorizationUsed({payer}, {nonce}) event of {token}"
-    return f"no Transfer of {amount} from {payer} to {pay_to} by {token} right after its AuthorizationUsed"
+    return f"no Transfer of {amount} from {payer} to {pay_to} by {token} paired with its AuthorizationUsed"
 
 
 def _int(value: Any) -> int | None:

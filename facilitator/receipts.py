@@ -207,12 +207,13 @@ class ReceiptService:
                 is None
             )
 
+        shown = [(token, decoded, happened(token, decoded)) for token, decoded in transfers]
         # Calls that reuse one nonce (only one of them can succeed): the one that did answers for it.
-        ranked = sorted(transfers, key=lambda td: not happened(*td))
-        found = select_payment([(d["nonce"], (t, d)) for t, d in ranked], nonce)
+        ranked = sorted(shown, key=lambda tdh: not tdh[2])
+        found = select_payment([(d["nonce"], (t, d, ok)) for t, d, ok in ranked], nonce)
         if found is None:
             return None
-        token, decoded = found
+        token, decoded, ok = found
         doc: dict[str, Any] = {
             "txHash": tx_hash,
             "source": "chain",
@@ -228,7 +229,6 @@ class ReceiptService:
             doc["confirmations"] = 0
             return doc
         block_number = to_int(mined["blockNumber"])
-        ok = happened(token, decoded)
         doc.update(
             status="confirmed" if ok else "failed",
             blockNumber=block_number,

@@ -9,18 +9,19 @@ import pytest
 
 from client.cli import main
 from client.receipts import (
-    _AUTHORIZATION_USED,
-    _TRANSFER,
     AmbiguousReceipt,
     ReceiptUnavailable,
     check_document,
     fetch_document,
     transfer_problem,
 )
+from shared.evm.calls import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC
 
 TX = "0x" + "cd" * 32
 NONCE = "0x" + "aa" * 32
 OTHER = "0x" + "bb" * 32
+_TRANSFER = "0x" + TRANSFER_TOPIC.hex()
+_AUTHORIZATION_USED = "0x" + AUTHORIZATION_USED_TOPIC.hex()
 FACILITATOR = "http://facilitator.test"
 
 
@@ -104,7 +105,7 @@ def test_receipt_refuses_a_malformed_nonce(capsys, bad):
     assert "--nonce: must be 0x followed by 64 hex digits (an EIP-3009 nonce)" in err
 
 
-def test_the_chain_check_pairs_each_authorization_with_the_transfer_right_after_it():
+def test_the_chain_check_pairs_each_authorization_with_its_own_transfer():
     """In a batch, another call's Transfer must not vouch for this authorization: the token emits
     AuthorizationUsed and then that transfer's Transfer."""
     token, payer, pay_to = "0x" + "11" * 20, "0x" + "22" * 20, "0x" + "33" * 20
@@ -121,6 +122,9 @@ def test_the_chain_check_pairs_each_authorization_with_the_transfer_right_after_
     crafted = {"logs": [used(NONCE), moved(payer, 1), used(OTHER), moved(pay_to, 100)]}
     kwargs: dict[str, Any] = dict(token=token, payer=payer, pay_to=pay_to, amount=100)
     assert transfer_problem(crafted, nonce=NONCE, **kwargs) == (
-        f"no Transfer of 100 from {payer} to {pay_to} by {token} right after its AuthorizationUsed"
+        f"no Transfer of 100 from {payer} to {pay_to} by {token} paired with its AuthorizationUsed"
     )
     assert transfer_problem(crafted, nonce=OTHER, **kwargs) is None
+    assert transfer_problem(crafted, nonce="0x" + "cc" * 32, **kwargs) == (
+        f"no AuthorizationUsed({payer}, {'0x' + 'cc' * 32}) event of {token}"
+    )

@@ -230,6 +230,61 @@ async def test_lookup_in_the_ledger_by_nonce():
     assert await single.lookup(TX, NONCE_B) is None
 
 
+class Registry:
+    def get(self, chain_id: int, address: str) -> Token | None:
+        return token_at(address) if chain_id == 84532 else None
+
+
+def chain_service(tx: dict[str, Any], mined: dict[str, Any] | None) -> ReceiptService:
+    """A ledger that knows nothing, over a chain that holds `tx` (and `mined`, its receipt, if mined)."""
+
+    class Rpc:
+        async def batch(self, requests: list[tuple[str, list[Any]]]) -> list[Any]:
+            assert [method for method, _ in requests] == [
+                "eth_getTransactionByHash",
+                "eth_getTransactionReceipt",
+            ]
+            return [tx, mined]
+
+    network: Any = SimpleNamespace(network="eip155:84532", chain_id=84532, eth=Eth(), rpc=Rpc())
+    return ReceiptService(Ledger([]), {84532: network}, Registry())  # type: ignore[arg-type]
+
+
+def word(address: str) -> str:
+    return "0x" + address[2:].lower().rjust(64, "0")
+
+
+async def test_lookup_on_the_chain_answers_a_reused_nonce_with_the_call_that_happened():
+    """A batch calls A's authorization twice (only one call can use the nonce; the first reverted inside the
+    batch) and B's, which failed: the logs show A's second call only."""
+    inner = [
+        (USDC, transfer_vrs(PAYER_A, NONCE_A, 10)),
+        (USDC, transfer_bytes(PAYER_A, NONCE_A, 15)),
+        (USDC, transfer_vrs(PAYER_B, NONCE_B, 20)),
+    ]
+    tx = {"to": calls.MULTICALL3_ADDRESS, "input": "0x" + calls.try_aggregate(inner).hex()}
+    used = "0x" + calls.AUTHORIZATION_USED_TOPIC.hex()
+    moved = "0x" + calls.TRANSFER_TOPIC.hex()
+    logs = [
+        {"address": USDC, "topics": [used, word(PAYER_A), NONCE_A], "data": "0x"},
+        {"address": USDC, "topics": [moved, word(PAYER_A), word(PAY_TO)], "data": hex(15)},
+    ]
+    mined = {"status": "0x1", "blockNumber": "0x7", "blockHash": "0x" + "ee" * 32, "logs": logs}
+    receipts = chain_service(tx, mined)
+
+    a = await receipts.lookup(TX, NONCE_A)
+    assert a is not None
+    assert (a["source"], a["status"], a["amount"], a["confirmations"]) == ("chain", "confirmed", "15", 3)
+    b = await receipts.lookup(TX, NONCE_B)
+    assert b is not None and (b["status"], b["confirmations"], b["paymentsInTransaction"]) == ("failed", 0, 3)
+    with pytest.raises(AmbiguousReceipt) as caught:
+        await receipts.lookup(TX)
+    assert caught.value.nonces == [NONCE_A, NONCE_A, NONCE_B]
+
+    pending = await chain_service(tx, None).lookup(TX, NONCE_B)
+    assert pending is not None and (pending["status"], pending["confirmations"]) == ("pending", 0)
+
+
 # -- GET /receipt/{txHash}?nonce= -------------------------------------------------------------------------
 
 
