@@ -36,7 +36,7 @@ from .audit import AuditEntry
 from .challenges.matching import Match, Refusal, match_v1, match_v2
 from .challenges.records import Challenge
 from .challenges.requirements import requirements_v1, requirements_v2
-from .challenges.states import ChallengeStatus, move_for, never_settled
+from .challenges.states import ChallengeStatus, move_for
 from .challenges.store import ChallengeStore, ClaimOutcome, StoreNotReady
 from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
 from .payment_headers import PaymentAttempt
@@ -372,14 +372,11 @@ class Paywall:
         payment: Authorized | HeldPayment,
         *,
         release_unsent: bool = True,
-        after_expiry: bool = False,
         context: Mapping[str, Any] | None = None,
     ) -> SettleOutcome:
         """Raises FacilitatorUnavailable (only when certainly nothing was sent) and FacilitatorBadResponse.
         With ``release_unsent`` (a request waiting for its answer) the payment is then released; without
-        (deferred settlement, retried later) it stays verified. ``after_expiry``: asked once the
-        authorization expired, about a settle that may have been sent, an answer that it never was releases
-        the payment (see `never_settled`). ``context`` joins the audit details."""
+        (deferred settlement, retried later) it stays verified. ``context`` joins the audit details."""
         held = _held(payment)
         cid, extra = held.challenge_id, dict(context or {})
         try:
@@ -415,14 +412,6 @@ class Paywall:
                     held, reason=reasons.FACILITATOR_BAD_RESPONSE, detail={"error": str(exc), **extra}
                 )
             raise
-        if after_expiry and never_settled(answer):
-            # Asked once the authorization expired: it was never settled and cannot be any more.
-            await self.release(
-                held,
-                reason=reasons.ABANDONED_UNSETTLED,
-                detail={"facilitator": answer.to_wire(), **extra},
-            )
-            return SettleOutcome(Settlement.FAILED, answer)
         move = move_for(answer)
         await self._move(
             cid,

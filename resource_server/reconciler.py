@@ -21,8 +21,13 @@ paid request a round trip), so the route's policy says whether a settle may have
   (then no settlement can charge it any more) and asks the facilitator once: a settle that was sent gets
   its outcome back (recorded as settled, pending or failed), one that never was fails on the expiry, and
   the challenge is released with reason `abandoned_unsettled`: nothing was served, nothing charged.
-- payments owned by a job (deferred: routes the pricing file does not settle, or a `settlement_deferred`
-  note) are left to the job engine."""
+- payments of jobs (a priced endpoint's route, POST /generate: `RecoverableRoutes.of` puts it with the
+  `after` routes) are settled or released by the job's settlement hook while their authorization can
+  still be settled. Once it has expired, one still `verified` is this reconciler's, as above, whether a
+  job holds it or not: a settle-on-accept payment whose outcome was never recorded, a deferred one whose
+  hook may have sent a settle before it failed, a claim the request died with before any job existed.
+  The hook only waits for it then, and copies the outcome (generation_api/payments.py). A `before`
+  route's claim with a `settlement_deferred` note is left to the owner it names."""
 
 from __future__ import annotations
 
@@ -52,7 +57,8 @@ from .pricing.model import PricingConfig, SettlementPolicy
 log = structlog.get_logger(__name__)
 
 # Past validBefore by this much (clock skew between the database, the facilitator and the chain), no
-# transaction can move the authorization's money any more.
+# transaction can move the authorization's money any more: only then is a payment whose settle may have
+# gone out asked about (the only place that asks, see the module's docstring).
 EXPIRY_MARGIN_SECONDS = 60.0
 PURGE_BATCH = 500
 PURGE_BATCHES_PER_RUN = 20  # at most 10,000 rows per pass: retention never hogs the database
@@ -75,9 +81,9 @@ class RecoverableRoutes:
     ) -> RecoverableRoutes:
         """The pricing file's routes, except those `owned(method, path)` says a priced endpoint serves (its
         payments are its own to settle, e.g. a job's). `endpoint_routes`, the route keys a priced endpoint
-        issues challenges for, join the `after` routes: a claim the endpoint never took over (the request
-        died before its job existed, so no `settlement_deferred` note names an owner) is resolved once its
-        authorization has expired."""
+        issues challenges for, join the `after` routes: a claim still `verified` once its authorization
+        has expired is resolved here, whether the endpoint's job holds it or the request died before one
+        existed."""
         first: set[str] = set()
         after: set[str] = set()
         for route in pricing.routes:
@@ -190,8 +196,8 @@ class SettlementReconciler:
         }
         if never_settled(answer):
             message = (
-                "the request was abandoned before its payment was settled; the authorization expired "
-                "unsettled, nothing was charged"
+                "no settlement of this payment was recorded before its authorization expired, and none "
+                "was made; nothing was charged"
             )
             moved = await self.store.transition(
                 payment.challenge_id,

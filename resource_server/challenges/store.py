@@ -387,7 +387,11 @@ class ChallengeStore:
         its unique key, and writes the `verified` audit row. A used authorization makes the INSERT fail,
         which aborts the whole statement: both or neither. `received`, the attempt's audit row when no
         `receive` wrote it, goes first in the same INSERT, and is written on its own when a unique key
-        aborts the statement: whatever the outcome, once."""
+        aborts the statement: whatever the outcome, once.
+
+        A payment is used when its payer and nonce are stored, whatever the chain and token: the rule
+        `receive` applies. The unique key also holds chain and token, so the statement checks payer and
+        nonce itself; a challenge matched from memory (no `receive`) is refused exactly as one read back."""
         key, challenge = match.key, match.challenge
         entry = AuditEntry(
             "verified",
@@ -408,16 +412,21 @@ class ChallengeStore:
         try:
             async with span("db.challenge.claim"):
                 row = await self.pool.fetchrow(
-                    f"""WITH moved AS (
+                    f"""WITH spent AS (
+                            SELECT EXISTS (SELECT 1 FROM rs_payments WHERE payer = $3 AND auth_nonce = $4)
+                                AS used),
+                        moved AS (
                             UPDATE rs_challenges
                             SET status = 'verified', payer = $3, x402_version = $6, updated_at = now()
-                            WHERE id = $5 AND status = 'issued' AND expires_at > now() RETURNING id),
+                            WHERE id = $5 AND status = 'issued' AND expires_at > now()
+                              AND NOT (SELECT used FROM spent)
+                            RETURNING id),
                         paid AS (
                             INSERT INTO rs_payments (chain_id, asset, payer, auth_nonce, challenge_id,
                                 x402_version, payload, requirements)
                             SELECT $1, $2, $3, $4, id, $6, $7, $8 FROM moved RETURNING challenge_id),
                         logged AS ({AUDIT_COLUMNS}{first_row}{select_sql(9, source="paid")})
-                        SELECT (SELECT count(*) FROM paid) AS claimed,
+                        SELECT (SELECT count(*) FROM paid) AS claimed, (SELECT used FROM spent) AS used,
                                c.status = 'expired' OR c.expires_at <= now() AS expired
                         FROM rs_challenges c WHERE c.id = $5""",
                     key.chain_id,
@@ -443,16 +452,15 @@ class ChallengeStore:
             if self.metrics is not None:
                 self.metrics.recorded(entry)
             return ClaimOutcome.CLAIMED
+        # Used before expired, as `receive` answers a used payment before its challenge is even looked at.
+        if row is not None and row["used"]:
+            return ClaimOutcome.PAYMENT_USED
         if row is not None and row["expired"]:
             return ClaimOutcome.EXPIRED
         # Someone moved the challenge first. If it was this very payment (raced on another replica), that
         # committed after this statement's snapshot was taken: a fresh read tells which answer is right.
         used = await self.pool.fetchval(
-            "SELECT 1 FROM rs_payments WHERE chain_id = $1 AND asset = $2 AND payer = $3 AND auth_nonce = $4",
-            key.chain_id,
-            key.asset,
-            key.payer,
-            key.nonce,
+            "SELECT 1 FROM rs_payments WHERE payer = $1 AND auth_nonce = $2", key.payer, key.nonce
         )
         return ClaimOutcome.PAYMENT_USED if used else ClaimOutcome.CHALLENGE_TAKEN
 
@@ -648,7 +656,8 @@ class ChallengeStore:
     ) -> list[tuple[Challenge, StoredPayment]]:
         """The payments stored under an authorization's payer and EIP-3009 nonce, each with the challenge it
         unlocked (one read): the replay of a deferred route's payment is answered from these. Several only
-        when one payer reused a nonce on another chain or token."""
+        when claims of one payer's nonce on different chains or tokens raced: `claim` checks payer and
+        nonce on its statement's snapshot, the unique key holds chain and token too."""
         rows = await self.pool.fetch(
             """SELECT c.*, now() AS db_now, p.payer AS paid_by, p.payload AS paid_payload,
                       p.requirements AS paid_requirements
@@ -677,11 +686,11 @@ class ChallengeStore:
     ) -> list[StuckPayment]:
         """Leases to `owner` (one reconciler per row) the challenges left `verified` longer than
         `stuck_after_seconds` that may be resolved now: those of `settle_first` routes (a settle may have
-        been sent right after the claim), and those of `settle_after` routes once their authorization has
-        expired (`expiry_margin_seconds` past validBefore no settlement can charge it any more, so asking
-        the facilitator tells whether one did, without the risk of charging an unserved request). Other
-        routes (a job's payment, deferred) and challenges with a `settlement_deferred` note are left to
-        their owner."""
+        been sent right after the claim) unless a `settlement_deferred` note names an owner, and those of
+        `settle_after` routes once their authorization has expired (`expiry_margin_seconds` past
+        validBefore no settlement can charge it any more, so asking the facilitator tells whether one did,
+        without the risk of charging an unserved request), a job's payment included: its owner settles
+        only within the authorization's window. Other routes are left to their owner."""
         rows = await self.pool.fetch(
             """WITH claimed AS (
                    UPDATE rs_challenges SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
@@ -690,14 +699,15 @@ class ChallengeStore:
                        WHERE c.status = 'verified'
                          AND c.updated_at < now() - make_interval(secs => $3)
                          AND (c.lease_until IS NULL OR c.lease_until < now())
-                         AND (c.route = ANY($4::text[])
+                         AND ((c.route = ANY($4::text[])
+                               AND NOT EXISTS (
+                                   SELECT 1 FROM rs_audit a
+                                   WHERE a.challenge_id = c.id AND a.event = 'settlement_deferred'))
                               OR (c.route = ANY($5::text[])
                                   AND CASE WHEN p.payload #>> $8 ~ '^[0-9]{1,30}$'
                                       THEN (p.payload #>> $8)::float8
                                            < extract(epoch FROM now())::float8 - $6::float8
                                       ELSE false END))
-                         AND NOT EXISTS (SELECT 1 FROM rs_audit a
-                                         WHERE a.challenge_id = c.id AND a.event = 'settlement_deferred')
                        ORDER BY c.updated_at LIMIT $7 FOR UPDATE OF c SKIP LOCKED)
                    RETURNING id, route, settle_attempts, updated_at)
                SELECT p.*, c.route, c.settle_attempts, c.updated_at AS verified_at

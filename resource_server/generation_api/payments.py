@@ -8,6 +8,12 @@ until it returns). It acts only on a payment that is still held (challenge `veri
   to be retried, until too little of the authorization's window is left; then it is released.
 - failed, canceled or timed out: release it; the authorization is never submitted.
 
+A payment whose settle may have gone out with no outcome recorded (`settle_may_have_gone_out`) is never
+released here, nor settled unless its job completed in time: releasing could record as unpaid money that
+moved, settling could charge for a job that failed. The hook waits (raising `SettleUnresolved`) until the
+reconciler, which owns every payment still held once its authorization has expired (reconciler.py), has
+asked the facilitator which it was; then it copies the outcome.
+
 Either way the outcome is copied onto the job (`set_payment`) from the challenge, which stays the source
 of truth: the audit trail records every move with the job id, and a `settlement_pending` answer is
 finished by the resource server's reconciler; readers of the job bring it up to date (`current`)."""
@@ -23,6 +29,7 @@ import structlog
 
 from ..challenges.records import Challenge
 from ..challenges.states import ChallengeStatus
+from ..facilitator_client import FacilitatorUnavailable
 from ..generation.engine.records import JobRecord
 from ..generation.engine.service import GenerationEngine
 from ..generation.engine.states import JobStatus
@@ -51,20 +58,34 @@ OPEN: Final = frozenset({HELD, SETTLING, PENDING})
 RESULT_RELEASED_BY: Final = frozenset({SETTLED, PENDING})
 
 
-# Past validBefore by this much (clock skew between us, the facilitator and the chain), no transaction can
-# move the authorization's money any more.
-AUTHORIZATION_EXPIRY_MARGIN_SECONDS: Final = 60.0
+class PaymentStillHeld(RuntimeError):
+    """The payment could not be decided this time (the hook is retried)."""
+
+
+class SettleNotSent(PaymentStillHeld):
+    """This run failed and no settle of the payment has gone out: neither in it (it failed before sending
+    one, or the facilitator was certainly not reached) nor, as far as recorded, in an earlier run."""
+
+
+class SettleUnresolved(PaymentStillHeld):
+    """A settle of the payment may have gone out and its outcome is not recorded: left to the reconciler."""
 
 
 def settle_may_have_gone_out(job: JobRecord) -> bool:
-    """A settle-on-accept payment was sent to the facilitator with the job's 202 (a job still held as
-    `settling` means its outcome was never recorded), and a completed job's failed hook may have sent one
-    before it gave up. A deferred job that did not complete was never settled."""
-    return job.settlement_status == SETTLING or (job.status is JobStatus.COMPLETED and job.final_attempts > 0)
-
-
-class PaymentStillHeld(RuntimeError):
-    """The payment could not be decided this time (the hook is retried)."""
+    """Whether a settle of the job's payment may have gone out with no outcome recorded: the one sent with
+    a settle-on-accept job's 202 (a job still `settling` never had its outcome recorded; a refusal or a
+    facilitator not reached would have failed or released the challenge), or one a completed job's hook
+    sent in a run that then failed. A run that failed knowing nothing went out says so (`SettleNotSent`);
+    any other failure counts (a timeout, a transport error after sending, an answer lost or not recorded),
+    and a run that follows one that counts raises `SettleUnresolved` whatever stops it, so it stays
+    counted. A deferred job that did not complete was never settled."""
+    if job.settlement_status == SETTLING:
+        return True
+    if job.status is not JobStatus.COMPLETED or job.final_attempts == 0:
+        return False
+    # The worker records a failed run as "<exception type>: <message>" (worker._settle): text of any
+    # other form counts as a settle that may have gone out.
+    return not (job.final_error or "").startswith(f"{SettleNotSent.__name__}:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +115,17 @@ class JobPayments:
         self.clock = clock
 
     async def on_final(self, job: JobRecord) -> None:
+        try:
+            await self._on_final(job)
+        except PaymentStillHeld:
+            raise
+        except Exception as exc:
+            # Raised outside a settle call (reading, releasing or copying the payment): this run sent
+            # nothing, so the job's record of earlier runs decides which failure this is.
+            failure = SettleUnresolved if settle_may_have_gone_out(job) else SettleNotSent
+            raise failure(f"job {job.id}: {type(exc).__name__}: {exc}") from exc
+
+    async def _on_final(self, job: JobRecord) -> None:
         cid = job.payment_challenge_id
         if cid is None:
             return
@@ -114,29 +146,37 @@ class JobPayments:
         context: dict[str, object] = {"jobId": str(job.id), "jobStatus": job.status.value}
         left = held.valid_before - self.clock()
         if job.status is JobStatus.COMPLETED and left >= self.release_before_expiry_seconds:
-            # Raises on facilitator trouble with the payment still held: the worker retries the hook. A
-            # repeat of a settle that went out before gets that settle's outcome.
-            await self.paywall.settle(held, release_unsent=False, context=context)
+            await self._settle(job, held, context)
             return
         if settle_may_have_gone_out(job):
-            # Releasing now could record as unpaid money that moved; settling now could charge for a job
-            # that failed. Once the authorization has expired, the facilitator can say which it was.
-            if left > -AUTHORIZATION_EXPIRY_MARGIN_SECONDS:
-                raise PaymentStillHeld(
-                    f"job {job.id}: a settle may have been sent; asking once the authorization has expired"
-                )
-            if job.final_error:
-                context["finalError"] = job.final_error
-            await self.paywall.settle(held, release_unsent=False, after_expiry=True, context=context)
-            return
+            raise SettleUnresolved(
+                f"job {job.id}: a settle may have been sent; the reconciler resolves the payment once its "
+                "authorization has expired"
+            )
         if job.status is not JobStatus.COMPLETED:
             if job.failure_code:
                 context["failure"] = job.failure_code
             await self.paywall.release(held, reason=f"job_{job.status.value}", detail=context)
             return
-        # Completed too close to the authorization's expiry for a settlement to land, none ever tried.
+        # Completed too close to the authorization's expiry for a settlement to land, none ever sent.
         context["secondsLeft"] = round(left, 1)
         await self.paywall.release(held, reason="authorization_expiring", detail=context)
+
+    async def _settle(self, job: JobRecord, held: HeldPayment, context: dict[str, object]) -> None:
+        """Settles the payment and records the outcome. On failure, with the payment still held (the hook
+        is retried), raises what the failure says of whether a settle went out; a repeat of one that did
+        gets its outcome."""
+        try:
+            await self.paywall.settle(held, release_unsent=False, context=context)
+        except FacilitatorUnavailable as exc:
+            # Raised only when no facilitator can have received it (a maybe-delivered settle is recorded
+            # pending): nothing went out this time, unless an earlier run sent one.
+            sent = exc.maybe_delivered or settle_may_have_gone_out(job)
+            failure = SettleUnresolved if sent else SettleNotSent
+            raise failure(f"job {job.id}: {exc}") from exc
+        except Exception as exc:
+            # An answer that is no answer, or one the database did not take: the settle was sent.
+            raise SettleUnresolved(f"job {job.id}: {type(exc).__name__}: {exc}") from exc
 
     async def _copy(self, job: JobRecord, state: PaymentState) -> None:
         if (state.status, state.tx_hash) == (job.settlement_status, job.payment_tx_hash):

@@ -3,7 +3,9 @@
 Run as many as the work needs, on any host that reaches the database: they share the job queue through
 leases (SKIP LOCKED), and each settles or releases the payments of the jobs it finishes through the
 facilitator, exactly as the in-process worker of `serve` does. The process also runs the settlement
-reconciler, so a `settlement_pending` answer one of its jobs got is finished even with no API running."""
+reconciler, so a `settlement_pending` answer one of its jobs got is finished, and a job's payment still held
+once its authorization has expired is resolved (the hook waits for that, see payments.py), even with no API
+running."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..generation.engine.tools import Tool
 from ..pricing.model import PricingConfig
 from ..runtime import Runtime
 from .backend import GenerationBackend
+from .endpoint import GenerateEndpoint
 from .settings import GenerationApiSettings
 
 log = structlog.get_logger(__name__)
@@ -37,7 +40,7 @@ async def run_workers(
     """Until ``stop`` is set (SIGTERM / SIGINT when not given): jobs in flight are handed back on the way
     out (their leases released), so another worker resumes them at once."""
     stop = stop or _stop_on_signals()
-    runtime = Runtime.build(server, PricingConfig(routes=()))
+    runtime = Runtime.build(server, PricingConfig(routes=()), endpoint_routes=GenerateEndpoint.route_keys)
     await runtime.start(dsn)
     backend = GenerationBackend(settings, extra_tools=extra_tools)
     try:

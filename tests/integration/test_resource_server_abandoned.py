@@ -26,6 +26,7 @@ from resource_server.challenges.matching import Match
 from resource_server.challenges.records import PaymentKey
 from resource_server.challenges.store import ChallengeStore, ClaimOutcome
 from resource_server.facilitator_client import FacilitatorClient
+from resource_server.pricing.model import PricingConfig
 from resource_server.reasons import ABANDONED_UNSETTLED
 from resource_server.reconciler import RecoverableRoutes, SettlementReconciler
 from shared.x402.models import SettleResponse
@@ -299,6 +300,25 @@ async def test_jobs_payments_fresh_claims_and_live_authorizations_are_left_alone
             "SELECT status, lease_owner FROM rs_challenges WHERE id = $1", challenge_id
         )
         assert (row["status"], row["lease_owner"]) == ("verified", None)
+
+
+async def test_a_jobs_payment_still_held_once_its_authorization_expired_is_the_reconcilers(store):
+    # A priced endpoint's route joins the `after` routes (RecoverableRoutes.of): a job's payment, noted
+    # `settlement_deferred`, is its hook's while it can be settled, the reconciler's once it cannot.
+    routes = RecoverableRoutes.of(PricingConfig(routes=()), endpoint_routes={"POST /generate"})
+    live = await claimed(store, "POST /generate")
+    expired = await claimed(store, "POST /generate", valid_before=int(time.time()) - 120)
+    for challenge_id in (live, expired):
+        await store.record("settlement_deferred", challenge_id=challenge_id, detail={"owner": "job:1"})
+    await age(store, 120)
+    fake = CountingFacilitator()
+    resolver = SettlementReconciler(store, fake, routes=routes, stuck_after_seconds=60, lease_seconds=30)
+    assert await resolver.resolve_stuck() == 1
+    statuses = await store.pool.fetch(
+        "SELECT id, status FROM rs_challenges WHERE id = ANY($1)", [live, expired]
+    )
+    assert {r["id"]: r["status"] for r in statuses} == {live: "verified", expired: "settled"}
+    assert len(fake.settled) == 1
 
 
 async def test_racing_reconcilers_resolve_each_abandoned_claim_once(store):

@@ -312,6 +312,51 @@ async def test_a_claim_writes_the_attempt_it_was_not_received_with(store):
     assert await status(store, other.id) == "issued"
 
 
+async def test_a_nonce_reused_on_another_chain_or_token_is_used_from_memory_as_from_the_database(store):
+    # A payment is its payer and nonce, whatever the chain and token it names: `receive` (the database
+    # path) and the claim of a challenge matched from memory (no `receive`) must say so alike.
+    first = await issue(store)
+    spent = nonce()
+    assert await claim(store, match(first, spent)) is ClaimOutcome.CLAIMED
+
+    def received(c: Challenge) -> AuditEntry:
+        return AuditEntry("payment_received", c.id, payer=PAYER, detail={"nonce": spent})
+
+    other_token = "0x808456652fdb597867f38412077A9182bf77359F"
+    for key in (PaymentKey(8453, ASSET, PAYER, spent), PaymentKey(84532, other_token, PAYER, spent)):
+        read_back = await issue(store)
+        found = await store.receive(received(read_back), payer=PAYER, nonce=spent, challenge_id=read_back.id)
+        assert found.used_by == first.id
+        # Had that path gone on to claim, its claim would refuse the payment too.
+        refused = await claim(store, Match(read_back, read_back.requirements[0], key))
+        assert refused is ClaimOutcome.PAYMENT_USED
+
+        in_memory = await issue(store)
+        taken = store.take_issued(in_memory.id)
+        assert taken is not None
+        outcome = await store.claim(
+            Match(taken, taken.requirements[0], key),
+            version=2,
+            payload={},
+            verify_answer={},
+            received=received(in_memory),
+        )
+        assert outcome is ClaimOutcome.PAYMENT_USED
+        assert (await status(store, read_back.id), await status(store, in_memory.id)) == ("issued", "issued")
+        assert await events(store, in_memory.id) == ["payment_received"]  # the attempt's row, once
+    owners = await store.pool.fetch("SELECT challenge_id FROM rs_payments")
+    assert [r["challenge_id"] for r in owners] == [first.id]
+
+    # Used wins over expired, as `receive` answers before the challenge is looked at.
+    late = await issue(store, ttl=0.05)
+    await asyncio.sleep(0.15)
+    other_chain = PaymentKey(8453, ASSET, PAYER, spent)
+    assert await claim(store, Match(late, late.requirements[0], other_chain)) is ClaimOutcome.PAYMENT_USED
+    # Another nonce of the same payer is another payment.
+    fresh = await issue(store)
+    assert await claim(store, match(fresh, nonce())) is ClaimOutcome.CLAIMED
+
+
 async def test_a_challenge_is_handed_out_from_memory_once(store):
     challenge = await issue(store)
     taken = store.take_issued(challenge.id)

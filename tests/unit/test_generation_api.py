@@ -4,6 +4,7 @@ offers and payment windows, the catalogue, job views, SSE framing and payment op
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from resource_server.facilitator_client import FacilitatorBadResponse, FacilitatorUnavailable
 from resource_server.generation.engine.params import ToolLimits
 from resource_server.generation.engine.pricing import price_breakdown
 from resource_server.generation.engine.records import JobEvent, JobRecord
@@ -31,18 +33,19 @@ from resource_server.generation_api.parsing import (
     validate_inputs,
 )
 from resource_server.generation_api.payments import (
-    AUTHORIZATION_EXPIRY_MARGIN_SECONDS,
     JobPayments,
     PaymentState,
-    PaymentStillHeld,
+    SettleNotSent,
+    SettleUnresolved,
     settle_may_have_gone_out,
 )
 from resource_server.generation_api.sse import format_event, parse_last_event_id
 from resource_server.generation_api.views import job_view, timings
-from resource_server.paywall import HeldPayment
+from resource_server.paywall import HeldPayment, StorageUnavailable
 from resource_server.pricing.loader import parse_pricing
 from resource_server.pricing.model import SettlementPolicy
 from resource_server.pricing.money import to_atomic
+from resource_server.reconciler import EXPIRY_MARGIN_SECONDS
 from tests.fixtures.generation import Script, scripted_tool
 
 SECRET = b"k" * 32
@@ -407,17 +410,20 @@ def test_sse_frames_carry_the_event_id_and_last_event_id_is_strict():
     ]
 
 
-# -- the job's settlement hook: release, settle, or wait and ask -------------------------------------------
+# -- the job's settlement hook: settle, release, or leave it to the reconciler ----------------------------
 
 
 class FakePaywall:
-    """Records what the hook asks of the paywall."""
+    """Records what the hook asks of the paywall; its settle raises `settle_raises`, if set."""
 
-    def __init__(self) -> None:
+    def __init__(self, settle_raises: Exception | None = None) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.settle_raises = settle_raises
 
     async def settle(self, held: HeldPayment, **kwargs: Any) -> None:
         self.calls.append(("settle", kwargs))
+        if self.settle_raises is not None:
+            raise self.settle_raises
 
     async def release(self, held: HeldPayment, **kwargs: Any) -> None:
         self.calls.append(("release", kwargs))
@@ -430,16 +436,31 @@ def held_payment(valid_before: int) -> HeldPayment:
 NOW = 1_000_000
 
 
+def hook(paywall: FakePaywall) -> JobPayments:
+    return JobPayments(paywall, None, release_before_expiry_seconds=15.0, clock=lambda: NOW)  # type: ignore[arg-type]
+
+
 async def decide(job: JobRecord, seconds_left: float) -> list[tuple[str, dict[str, Any]]]:
     paywall = FakePaywall()
-    payments = JobPayments(paywall, None, release_before_expiry_seconds=15.0, clock=lambda: NOW)  # type: ignore[arg-type]
-    await payments._decide(job, held_payment(int(NOW + seconds_left)))
+    await hook(paywall)._decide(job, held_payment(int(NOW + seconds_left)))
     return paywall.calls
+
+
+def after_failed_run(job: JobRecord, exc: BaseException) -> JobRecord:
+    """The job as the worker leaves it after a hook run that raised `exc` (worker._settle, defer_final)."""
+    return replace(job, final_attempts=job.final_attempts + 1, final_error=f"{type(exc).__name__}: {exc}")
+
+
+def unreachable(*, maybe_delivered: bool) -> FacilitatorUnavailable:
+    exc = FacilitatorUnavailable()
+    exc.failures.append("http://fac/settle: cannot connect" if not maybe_delivered else "timed out")
+    exc.maybe_delivered = maybe_delivered
+    return exc
 
 
 async def test_a_completed_job_in_time_settles_and_one_that_did_not_complete_is_released() -> None:
     [(what, kwargs)] = await decide(record(status=JobStatus.COMPLETED), 600)
-    assert what == "settle" and kwargs["release_unsent"] is False and not kwargs.get("after_expiry")
+    assert what == "settle" and kwargs["release_unsent"] is False
     [(what, kwargs)] = await decide(record(status=JobStatus.FAILED, failure_code="provider_error"), 600)
     assert what == "release" and kwargs["reason"] == "job_failed"
     # Completed too late for a settlement to land, on the hook's first try: released, nothing was ever sent.
@@ -454,16 +475,74 @@ async def test_a_completed_job_in_time_settles_and_one_that_did_not_complete_is_
         record(status=JobStatus.CANCELED, settlement_status="settling"),
         # A completed job whose earlier hook run may have sent a settle before it failed or timed out.
         record(status=JobStatus.COMPLETED, final_attempts=2, final_error="TimeoutError: "),
+        record(status=JobStatus.COMPLETED, final_attempts=1, final_error="SettleUnresolved: job x: lost"),
     ],
-    ids=["settle-on-accept", "completed-after-a-failed-hook"],
+    ids=["settle-on-accept", "completed-after-a-timed-out-hook", "completed-after-an-unresolved-settle"],
 )
-async def test_a_payment_whose_settle_may_have_gone_out_is_never_released_blind(job: JobRecord) -> None:
+async def test_a_payment_whose_settle_may_have_gone_out_is_left_to_the_reconciler(job: JobRecord) -> None:
     assert settle_may_have_gone_out(job)
-    with pytest.raises(PaymentStillHeld):  # before the authorization expired: neither settle nor release
-        await decide(job, 10)
-    with pytest.raises(PaymentStillHeld):  # within the margin after it
-        await decide(job, -AUTHORIZATION_EXPIRY_MARGIN_SECONDS + 1)
-    # Past it: the facilitator is asked; an answer that it never settled releases, any other is recorded.
-    [(what, kwargs)] = await decide(job, -AUTHORIZATION_EXPIRY_MARGIN_SECONDS - 1)
-    assert what == "settle" and kwargs["after_expiry"] is True and kwargs["release_unsent"] is False
+    # Neither released nor settled by the hook, before the authorization expired or long after: the
+    # reconciler asks the facilitator once it has expired, and the hook copies what it recorded.
+    for seconds_left in (10, -EXPIRY_MARGIN_SECONDS - 1, -86_400):
+        with pytest.raises(SettleUnresolved):
+            await decide(job, seconds_left)
     assert not settle_may_have_gone_out(record(status=JobStatus.CANCELED, settlement_status="held"))
+
+
+async def test_a_settle_that_certainly_never_went_out_does_not_hold_the_payment_until_expiry() -> None:
+    completed = record(status=JobStatus.COMPLETED)
+    paywall = FakePaywall(settle_raises=unreachable(maybe_delivered=False))
+    with pytest.raises(SettleNotSent) as failed:
+        await hook(paywall)._decide(completed, held_payment(NOW + 600))
+    retried = after_failed_run(completed, failed.value)
+    assert not settle_may_have_gone_out(retried)
+    # Still in time: settled again. Too late by now: released at once, not kept until expiry.
+    [(what, _)] = await decide(retried, 600)
+    assert what == "settle"
+    [(what, kwargs)] = await decide(retried, 10)
+    assert what == "release" and kwargs["reason"] == "authorization_expiring"
+    # A failure before any settle call (reading the payment) sent nothing either.
+    assert not settle_may_have_gone_out(after_failed_run(retried, SettleNotSent("job x: OSError: down")))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        unreachable(maybe_delivered=True),  # defensive: the paywall records such a settle as pending
+        FacilitatorBadResponse("http://fac answered with an invalid SettleResponse"),
+        StorageUnavailable("the answer could not be recorded"),
+        RuntimeError("anything else"),
+    ],
+    ids=["maybe-delivered", "bad-response", "answer-not-recorded", "unknown"],
+)
+async def test_a_settle_that_may_have_gone_out_is_counted_and_stays_counted(error: Exception) -> None:
+    completed = record(status=JobStatus.COMPLETED)
+    with pytest.raises(SettleUnresolved) as failed:
+        await hook(FakePaywall(settle_raises=error))._decide(completed, held_payment(NOW + 600))
+    retried = after_failed_run(completed, failed.value)
+    assert settle_may_have_gone_out(retried)
+    # A later run that certainly reaches no facilitator does not clear it: the earlier settle may land.
+    with pytest.raises(SettleUnresolved) as again:
+        await hook(FakePaywall(settle_raises=unreachable(maybe_delivered=False)))._decide(
+            retried, held_payment(NOW + 600)
+        )
+    assert settle_may_have_gone_out(after_failed_run(retried, again.value))
+    with pytest.raises(SettleUnresolved):
+        await decide(retried, 10)
+
+
+class BrokenStore:
+    async def get_with_payment(self, challenge_id: str) -> None:
+        raise OSError("connection refused")
+
+
+async def test_a_run_that_fails_before_any_settle_keeps_what_earlier_runs_recorded() -> None:
+    paywall = FakePaywall()
+    paywall.store = BrokenStore()  # type: ignore[attr-defined]
+    clean = record(status=JobStatus.COMPLETED, final_attempts=1, final_error="SettleNotSent: job x: down")
+    with pytest.raises(SettleNotSent, match="OSError: connection refused"):
+        await hook(paywall).on_final(clean)
+    counted = record(status=JobStatus.COMPLETED, final_attempts=1, final_error="TimeoutError: ")
+    with pytest.raises(SettleUnresolved, match="OSError: connection refused"):
+        await hook(paywall).on_final(counted)
+    assert paywall.calls == []
