@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 import asyncpg
@@ -146,6 +147,13 @@ class SignedTransaction:
     max_fee_per_gas: int
 
 
+class NotInserted(Enum):
+    """Why `Ledger.insert_submitted` wrote nothing."""
+
+    NONCE_MOVED = "nonce_moved"  # the run is not the signer's next any more
+    KNOWN_AUTHORIZATION = "known_authorization"  # a settlement's authorization is in the ledger already
+
+
 # The settlement ids a transaction carries, next to its columns.
 _MEMBERS = """(SELECT array_agg(x.settlement_id ORDER BY x.settlement_id)
                 FROM settlement_transaction_members x WHERE x.tx_hash = t.tx_hash) AS settlement_ids"""
@@ -201,13 +209,13 @@ class Ledger:
         signed: Sequence[SignedTransaction],
         *,
         lease_seconds: float,
-    ) -> list[tuple[SettlementRow, SignedTransaction]] | None:
+    ) -> list[tuple[SettlementRow, SignedTransaction]] | NotInserted:
         """`insert_many` and `store_transactions_at` in one statement: new settlements (each leased to its
         owner), stored already submitted with the transactions signed ahead for them, one per unit (`units`
         holds indices into `news`) for nonces `first_nonce`, `first_nonce` + 1, ... All of it, or nothing
-        and None when that run is not the signer's next any more or an authorization is already in the
-        ledger: the caller then inserts and stores as usual. Answers each settlement's row and transaction,
-        in order; its events are `received` then `submitted`, as on the usual path."""
+        and why (`NotInserted`): that run is not the signer's next any more, or an authorization is already
+        in the ledger. The caller then inserts and stores as usual. Answers each settlement's row and
+        transaction, in order; its events are `received` then `submitted`, as on the usual path."""
         if [tx.nonce for tx in signed] != list(range(first_nonce, first_nonce + len(signed))):
             raise ValueError("transactions must be signed for consecutive nonces from first_nonce")
         tx_of: dict[int, SignedTransaction] = {}
@@ -281,10 +289,14 @@ class Ledger:
                     [tx.raw_tx for tx in signed],
                     [tx.max_fee_per_gas for tx in signed],
                 )
-        except asyncpg.UniqueViolationError:
-            return None  # an authorization already in the ledger: the whole statement wrote nothing
+        except asyncpg.UniqueViolationError as exc:
+            # The whole statement wrote nothing. Only the nonce row's condition held for it to get this far;
+            # any other duplicate (a transaction hash) would mean the guessed run was not free after all.
+            if exc.constraint_name == "settlements_authorization_key":
+                return NotInserted.KNOWN_AUTHORIZATION
+            return NotInserted.NONCE_MOVED
         if not records:
-            return None
+            return NotInserted.NONCE_MOVED
         rows = _in_order(news, records)
         return [(row, tx) for row, tx in zip(rows, by_row, strict=True) if row is not None]
 
@@ -477,8 +489,20 @@ class Ledger:
             return await _store_at(self.pool, units, signer, first_nonce, signed)
 
     async def rewind_unused_nonce(self, chain_id: int, signer: str, nonce: int, tx_hash: str) -> bool:
-        """Undo an allocation whose transaction the node refused, if no later nonce was handed out."""
+        """Undo an allocation whose transaction the node refused, if no later nonce was handed out. True when
+        the transaction is gone from the ledger, also when an earlier undo already removed it: the nonce
+        is then rewound once only, never under a transaction stored for it since."""
         async with self.pool.acquire() as conn, conn.transaction():
+            stored = await conn.fetchval(
+                """SELECT 1 FROM settlement_transactions
+                   WHERE tx_hash=$1 AND chain_id=$2 AND signer=$3 AND signer_nonce=$4 FOR UPDATE""",
+                tx_hash,
+                chain_id,
+                signer,
+                nonce,
+            )
+            if stored is None:
+                return True
             done = await conn.fetchval(
                 """UPDATE signer_nonces SET next_nonce = $3
                    WHERE chain_id=$1 AND address=$2 AND next_nonce=$3+1

@@ -5,8 +5,11 @@ each one from the chain:
 - submitted and mined (any of its transactions): confirm or fail from the receipt.
 - submitted, not mined, still known to the node: broadcast the same bytes again and keep waiting.
 - submitted, unknown to the node, signer nonce not yet used: re-broadcast the stored bytes.
-- submitted, signer nonce consumed by another transaction: if the authorization is still unused,
-  send a fresh transaction; if it is used, the transfer happened elsewhere: fail as nonce used.
+- submitted, signer nonce consumed by another transaction (or no transaction left: every one was refused):
+  if the authorization is still unused, send a fresh transaction; if it is used, the transfer happened
+  elsewhere: fail as nonce used.
+- a transfer that failed inside a mined batch is resolved the same way (`resolve_missing_transfer`),
+  except that it goes again alone.
 
 EIP-3009 nonces make a second transfer of one authorization impossible on-chain, so re-sending is always
 safe: the worst case is a reverted transaction, never a double charge."""
@@ -15,21 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from shared.evm import calls
 from shared.rpc.errors import RpcError, RpcUnavailable
-from shared.rpc.eth import to_bytes
+from shared.rpc.eth import Eth, to_bytes
 from shared.x402 import reasons
 
 from ..exact_evm.payment import Rejected
 from ..runtime import NetworkRuntime
 from ..wire import BadRequest, payment_from_wire
 from .fees import FeeCapExceeded
-from .ledger import SettlementRow, StoredTransaction
+from .ledger import SettlementKey, SettlementRow, StoredTransaction
+from .receipt_checks import receipt_succeeded, settlement_problem
 from .signers import FeeQuote
 from .speedup import is_stuck, replacement_fees
 from .states import Status
@@ -39,6 +44,8 @@ if TYPE_CHECKING:
     from .service import SettlementService
 
 log = structlog.get_logger(__name__)
+
+_USED_ELSEWHERE = "authorization was used or cancelled outside this facilitator's transactions"
 
 
 async def reconcile_row(
@@ -57,9 +64,10 @@ async def reconcile_row(
 
 
 async def _resend_or_fail(
-    service: SettlementService, row: SettlementRow, *, attempt: str, wait: float
+    service: SettlementService, row: SettlementRow, *, attempt: str, wait: float, alone: bool = False
 ) -> SettlementRow:
-    """Verify the stored payment again and send a fresh transaction, or fail the row with the reason."""
+    """Verify the stored payment again and send a fresh transaction (with `alone`, one that carries only
+    this settlement), or fail the row with the reason."""
     try:
         payment = payment_from_wire(row.payload, row.requirements)
         verified = await service.verifier.verify(payment, simulate=True, estimate_gas=True)
@@ -72,7 +80,7 @@ async def _resend_or_fail(
             row.id, Status.FAILED, error_reason=reasons.INVALID_PAYLOAD, error_message=str(exc)
         )
     network = service.networks[row.key.chain_id]
-    await service.submit_and_wait(row, verified, network, attempt=attempt, wait=wait)
+    await service.submit_and_wait(row, verified, network, attempt=attempt, wait=wait, alone=alone)
     fresh = await service.ledger.get(row.id)
     assert fresh is not None
     return fresh
@@ -84,43 +92,105 @@ async def _resolve_submitted(
     network = service.networks[row.key.chain_id]
     eth = network.eth
     txs = await service.ledger.transactions(row.id)
-    receipts = await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
-    for tx, receipt in zip(txs, receipts, strict=True):
-        if isinstance(receipt, dict):
-            return await service.finalize(row, receipt, tx.tx_hash)
-    if not txs:
-        return row
-    current = txs[-1]
-    if await eth.get_transaction(current.tx_hash) is not None or (
-        await eth.get_transaction_count(current.signer, "latest") <= current.signer_nonce
-    ):
-        # Pending, or lost by the node while its nonce is still free: the same bytes are still good, unless
-        # their fees keep them out of blocks; then a replacement with the same nonce goes instead.
-        current = await _speed_up(service, network, current) or current
-        with contextlib.suppress(RpcError):
-            await eth.send_raw_transaction(current.raw_tx)
-        if wait > 0:
-            receipt = await network.watcher.wait(current.tx_hash, wait)
-            if receipt is not None:
-                return await service.finalize(row, receipt, current.tx_hash)
-        return row
-    used = calls.decode_bool(
-        to_bytes(
-            await eth.call(
-                row.key.token, calls.authorization_state(row.key.payer, bytes.fromhex(row.key.auth_nonce[2:]))
-            )
-        )
-    )
-    if used:
+    if txs:
+        receipts = await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+        mined = [(tx, r) for tx, r in zip(txs, receipts, strict=True) if isinstance(r, dict)]
+        current = txs[-1]
+        deciding = deciding_receipt(row, mined, current)
+        if deciding is not None:
+            tx, receipt = deciding
+            return await service.finalize(row, receipt, tx.tx_hash, attempt=attempt, wait=wait)
+        if await eth.get_transaction(current.tx_hash) is not None or (
+            await eth.get_transaction_count(current.signer, "latest") <= current.signer_nonce
+        ):
+            # Pending, or lost by the node while its nonce is still free: the same bytes are still good,
+            # unless their fees keep them out of blocks; then a replacement with the same nonce goes instead.
+            current = await _speed_up(service, network, current) or current
+            with contextlib.suppress(RpcError):
+                await eth.send_raw_transaction(current.raw_tx)
+            if wait > 0:
+                deadline = time.monotonic() + wait
+                landed = await network.watcher.wait(current.tx_hash, wait)
+                if landed is not None:
+                    left = max(deadline - time.monotonic(), 0.0)
+                    return await service.finalize(row, landed, current.tx_hash, attempt=attempt, wait=left)
+            return row
+    # None of our transactions can land any more (or none is stored: the node refused each one and the
+    # process stopped before sending another).
+    if await authorization_used(eth, row.key):
         # None of our transactions mined, yet the authorization is spent: cancelled or settled elsewhere.
+        return await service.ledger.finish(
+            row.id, Status.FAILED, error_reason=reasons.NONCE_ALREADY_USED, error_message=_USED_ELSEWHERE
+        )
+    log.warning("settlement_resend", settlement_id=row.id, dropped=txs[-1].tx_hash if txs else None)
+    return await _resend_or_fail(service, row, attempt=attempt, wait=wait)
+
+
+def deciding_receipt(
+    row: SettlementRow, mined: list[tuple[StoredTransaction, dict[str, Any]]], current: StoredTransaction
+) -> tuple[StoredTransaction, dict[str, Any]] | None:
+    """Which mined transaction of `row` decides it (`mined` in the order they were stored; `current` is
+    the last stored): one that carries its transfer; else the current one; else one holding the current
+    one's signer nonce (the current one, its replacement, can never land). None while the current one, a
+    re-send after an earlier transaction failed to carry the transfer, may still land."""
+    for tx, receipt in mined:
+        if receipt_succeeded(receipt) and settlement_problem(receipt, row) is None:
+            return tx, receipt
+    for tx, receipt in reversed(mined):
+        if tx.tx_hash == current.tx_hash or (tx.signer, tx.signer_nonce) == (
+            current.signer,
+            current.signer_nonce,
+        ):
+            return tx, receipt
+    return None
+
+
+async def authorization_used(eth: Eth, key: SettlementKey) -> bool:
+    """The token's own answer: used or cancelled (FiatToken's authorizationState says both)."""
+    state = await eth.call(key.token, calls.authorization_state(key.payer, bytes.fromhex(key.auth_nonce[2:])))
+    return calls.decode_bool(to_bytes(state))
+
+
+async def resolve_missing_transfer(
+    service: SettlementService,
+    row: SettlementRow,
+    *,
+    attempt: str,
+    wait: float,
+    carried: int,
+    failure: str,
+    tx_hash: str,
+    block_number: int,
+    block_hash: str | None,
+    gas_used: int,
+) -> SettlementRow:
+    """`row`'s mined transaction `tx_hash`, which carried `carried` settlements, did not carry its transfer
+    (`failure` says how). As for a row whose transactions went missing, the authorization decides: used,
+    the transfer happened elsewhere (or it was cancelled); unused, nothing was charged, and a transfer that
+    rode in a batch goes again on its own, since the batch's gas or a batch-mate's may be what failed it.
+    One that already went alone is not sent again."""
+    mined: dict[str, Any] = dict(
+        tx_hash=tx_hash, block_number=block_number, block_hash=block_hash, gas_used=gas_used
+    )
+    network = service.networks[row.key.chain_id]
+    if await authorization_used(network.eth, row.key):
         return await service.ledger.finish(
             row.id,
             Status.FAILED,
             error_reason=reasons.NONCE_ALREADY_USED,
-            error_message="authorization was used or cancelled outside this facilitator's transactions",
+            error_message=f"{_USED_ELSEWHERE} ({failure})",
+            **mined,
         )
-    log.warning("settlement_resend", settlement_id=row.id, dropped=current.tx_hash)
-    return await _resend_or_fail(service, row, attempt=attempt, wait=wait)
+    if carried <= 1:
+        return await service.ledger.finish(
+            row.id,
+            Status.FAILED,
+            error_reason=reasons.TRANSACTION_FAILED,
+            error_message=f"{failure}; the authorization is unused: nothing was charged",
+            **mined,
+        )
+    log.warning("settlement_resend", settlement_id=row.id, failed_in=tx_hash, reason=failure)
+    return await _resend_or_fail(service, row, attempt=attempt, wait=wait, alone=True)
 
 
 async def _speed_up(

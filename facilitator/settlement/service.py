@@ -10,6 +10,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ from ..exact_evm.verifier import ExactEvmVerifier, VerifiedPayment
 from ..runtime import NetworkRuntime
 from .fees import FeeCapExceeded
 from .ledger import Confirmation, Ledger, NewSettlement, SettlementKey, SettlementRow, SignedTransaction
-from .receipt_checks import receipt_succeeded, transfer_matches
+from .receipt_checks import receipt_succeeded, settlement_problem
 from .recent import RecentVerifications
 from .signers import FeeQuote, Signer
 from .states import Status
@@ -132,7 +133,9 @@ class SettlementService:
 
     def remember(self, verified: VerifiedPayment) -> None:
         """A successful /verify: a settle of the same payload in the next moment need not repeat it."""
-        self._recent.put(payload_hash(verified.payment), verified)
+        # The payload hash does not cover the network: the same payload verified for another chain is
+        # another entry, and never vouches for this one.
+        self._recent.put((payload_hash(verified.payment), verified.chain_id), verified)
 
     def attempt_id(self) -> str:
         """Leases belong to one attempt, not to a process: two callers in one process must not share one."""
@@ -166,9 +169,7 @@ class SettlementService:
     ) -> SettleResponse:
         # Verify first and let the insert decide who is first: a repeat of a known authorization fails
         # verification (used nonce) or loses the insert, and only then is the ledger read.
-        verified = self._recent.take(digest)
-        if verified is not None and verified.chain_id != chain_id:
-            verified = None  # the payload hash does not cover the network: verified for another chain
+        verified = self._recent.take((digest, chain_id))
         if verified is None:
             try:
                 verified = await self.verifier.verify(payment, simulate=self.simulate)
@@ -270,15 +271,23 @@ class SettlementService:
         *,
         attempt: str,
         wait: float | None = None,
+        alone: bool = False,
     ) -> SettleResponse:
+        """Sends `row` a fresh transaction: in the next group, or with `alone` in one of its own."""
         timeout = network.settings.receipt_timeout_seconds if wait is None else max(wait, 0.0)
         try:
             gas_limit, fees = await self._gas_and_fees(verified, network)
         except _SubmitFailed as exc:
             return response_for(await self._fail(row, exc))
         submission = Submission(row, verified.target, verified.calldata, gas_limit, fees)
+        if alone:
+            sent: Broadcast | None = await self.submitters[network.chain_id].submit_as(
+                submission, network.signers.pick()
+            )
+        else:
+            sent = None
         return await self._send_and_wait(
-            row, verified, network, submission, attempt=attempt, receipt_wait=timeout, sent=None
+            row, verified, network, submission, attempt=attempt, receipt_wait=timeout, sent=sent
         )
 
     async def _send_and_wait(
@@ -294,18 +303,9 @@ class SettlementService:
     ) -> SettleResponse:
         """Broadcasts `submission` (unless `sent` already did), deals with a refusal, and waits for the
         receipt."""
+        deadline = time.monotonic() + receipt_wait
         try:
             sent = await self._submit(submission, network, sent)
-        except _BatchRefused as exc:
-            # The node refused the batch this settlement rode in: resolve it from the chain like any
-            # settlement whose transaction went missing (resent alone if its nonce was taken meanwhile).
-            network.signers.release(exc.sent.signer)
-            fresh = await self.ledger.get(row.id)
-            assert fresh is not None
-            resolved = await self.reconcile(fresh, attempt=attempt, wait=receipt_wait)
-            if not resolved.status.terminal:
-                await self.ledger.release(row.id, attempt)  # as with any pending answer: hand it over
-            return response_for(resolved)
         except _SubmitFailed as exc:
             return response_for(await self._fail(row, exc))
         signed = sent.signed
@@ -323,7 +323,12 @@ class SettlementService:
             return response_for(pending)
         if sent.carries == 1:  # a batch's gas is the whole batch's, not this transfer's
             network.gas.observe(verified, int(receipt.get("gasUsed", "0x0"), 16))
-        return response_for(await self.finalize(row, receipt, signed.tx_hash))
+        done = await self.finalize(
+            row, receipt, signed.tx_hash, attempt=attempt, wait=max(deadline - time.monotonic(), 0.0)
+        )
+        if not done.status.terminal:
+            await self.ledger.release(row.id, attempt)  # as with any pending answer: hand it over
+        return response_for(done)
 
     async def _gas_and_fees(self, verified: VerifiedPayment, network: NetworkRuntime) -> tuple[int, FeeQuote]:
         try:
@@ -349,7 +354,9 @@ class SettlementService:
         self, submission: Submission, network: NetworkRuntime, sent: Broadcast | None
     ) -> Broadcast:
         """Stores and broadcasts this settlement's transaction (maybe a batch), unless `sent` already
-        did, and deals with the node refusing it; the caller owns releasing the signer."""
+        did, and deals with the node refusing it: the refused transaction is undone (once for a whole
+        batch) and this settlement goes again in a transaction of its own, with another key unless the
+        refusal was a nonce the chain had moved past. The caller owns releasing the signer."""
         submitter = self.submitters[network.chain_id]
         row = submission.row
         if sent is None:
@@ -357,24 +364,25 @@ class SettlementService:
         tried: set[str] = set()
         caught_up: set[str] = set()
         while True:
-            if sent.refused is None:
+            if sent.refusal is None:
                 return sent
-            signer, refused = sent.signer, sent.refused
+            signer, refusal, refused = sent.signer, sent.refusal, sent.refusal.error
             log.warning(
-                "broadcast_refused", settlement_id=row.id, signer=signer.address, error=refused.message
+                "broadcast_refused",
+                settlement_id=row.id,
+                signer=signer.address,
+                carries=sent.carries,
+                error=refused.message,
             )
             try:
-                if sent.carries > 1:
-                    if _nonce_too_low(refused):
-                        await self._catch_up(network, signer)
-                    undone = None
-                else:
-                    undone = await self._undo_refused(network, signer, sent.signed, refused)
+                # Every settlement of a batch holds this same refusal: the transaction is undone once, then
+                # each of them goes again on its own, as a lone settlement does.
+                undone = await refusal.undo_once(
+                    partial(self._undo_refused, network, signer, sent.signed, refused)
+                )
             except BaseException:
                 network.signers.release(signer)  # an error on the way out: no answer holds the key for it
                 raise
-            if undone is None:
-                raise _BatchRefused(sent)  # the caller releases its key
             if not undone:
                 # Later nonces of this key are out: leaving a hole would stall them, so the stored
                 # transaction stays and the reconciler keeps re-broadcasting it.
@@ -415,46 +423,60 @@ class SettlementService:
         self.submitters[network.chain_id].forget_nonce(signer.address)
         await self.ledger.sync_signer_nonce(network.chain_id, signer.address, chain_nonce)
 
-    async def finalize(self, row: SettlementRow, receipt: dict[str, Any], tx_hash: str) -> SettlementRow:
+    async def finalize(
+        self, row: SettlementRow, receipt: dict[str, Any], tx_hash: str, *, attempt: str, wait: float = 0.0
+    ) -> SettlementRow:
+        """Resolves `row` from the receipt of `tx_hash`, its transaction. The row is leased to `attempt`: a
+        transfer that failed inside a batch may be sent again, alone, and awaited for up to `wait` seconds."""
         block_number = int(receipt["blockNumber"], 16)
         gas_used = int(receipt.get("gasUsed", "0x0"), 16)
         common: dict[str, Any] = dict(
             tx_hash=tx_hash, block_number=block_number, block_hash=receipt.get("blockHash"), gas_used=gas_used
         )
-        if not receipt_succeeded(receipt):
+        succeeded = receipt_succeeded(receipt)
+        if succeeded:
+            mismatch = settlement_problem(receipt, row)
+            if mismatch is None:
+                return await self._confirmations.submit(
+                    Confirmation(row.id, tx_hash, block_number, receipt.get("blockHash"), gas_used)
+                )
+            if str(receipt.get("to") or "").lower() == row.key.token.lower():
+                # Sent to the token, the call succeeded yet the logs do not show the transfer.
+                return await self.ledger.finish(
+                    row.id,
+                    Status.FAILED,
+                    error_reason=reasons.TRANSFER_EVENT_MISMATCH,
+                    error_message=mismatch,
+                    **common,
+                )
+            # Sent through Multicall3 (a batch, or a wallet deployment): the transfer failed inside a
+            # transaction that itself succeeded.
+            failure = f"transferWithAuthorization failed inside transaction {tx_hash} ({mismatch})"
+        else:
+            failure = "transferWithAuthorization reverted on-chain"
+        carried = len(await self.ledger.rows_by_tx_hash(tx_hash))
+        if not succeeded and carried <= 1:
             return await self.ledger.finish(
                 row.id,
                 Status.FAILED,
                 error_reason=reasons.TRANSACTION_FAILED,
-                error_message="transferWithAuthorization reverted on-chain",
+                error_message=failure,
                 **common,
             )
-        mismatch = transfer_matches(
-            receipt,
-            token=row.key.token,
-            payer=row.key.payer,
-            pay_to=row.pay_to,
-            amount=row.amount,
-            auth_nonce=row.key.auth_nonce,
-        )
-        if mismatch:
-            # Sent through Multicall3 (a batch, or a wallet deployment), the transfer failed inside a
-            # transaction that itself succeeded; sent to the token, the logs do not show the transfer.
-            inner = str(receipt.get("to") or "").lower() != row.key.token.lower()
-            return await self.ledger.finish(
-                row.id,
-                Status.FAILED,
-                error_reason=reasons.TRANSACTION_FAILED if inner else reasons.TRANSFER_EVENT_MISMATCH,
-                error_message=(
-                    f"transferWithAuthorization failed inside transaction {tx_hash} ({mismatch})"
-                    if inner
-                    else mismatch
-                ),
-                **common,
+        # Inside a batch, or inside a transaction that went through: whether the payer was charged elsewhere
+        # or not at all, only the authorization's state says.
+        from .reconciler import resolve_missing_transfer
+
+        try:
+            return await resolve_missing_transfer(
+                self, row, attempt=attempt, wait=wait, carried=carried, failure=failure, **common
             )
-        return await self._confirmations.submit(
-            Confirmation(row.id, tx_hash, block_number, receipt.get("blockHash"), gas_used)
-        )
+        except (RpcError, RpcUnavailable) as exc:
+            # The row stays submitted, its transaction mined: the reconciler comes back to this receipt.
+            log.warning("finalize_deferred", settlement_id=row.id, tx_hash=tx_hash, error=str(exc))
+            fresh = await self.ledger.get(row.id)
+            assert fresh is not None
+            return fresh
 
     async def _confirm_group(self, group: list[Confirmation]) -> list[SettlementRow | Exception]:
         unique = list({c.settlement_id: c for c in group}.values())
@@ -466,12 +488,6 @@ class SettlementService:
         from .reconciler import reconcile_row
 
         return await reconcile_row(self, row, attempt=attempt, wait=wait)
-
-
-class _BatchRefused(Exception):
-    def __init__(self, sent: Broadcast) -> None:
-        super().__init__(str(sent.refused))
-        self.sent = sent
 
 
 class _SubmitFailed(Exception):

@@ -2,7 +2,8 @@
 
 received  -> submitted   a signed transaction is stored (and then broadcast)
 received  -> failed      re-verification failed before anything was sent
-submitted -> submitted   the transaction was dropped and a replacement stored
+submitted -> submitted   another transaction stored: the first was dropped, refused, stuck, or carried
+                         a batch the transfer failed inside
 submitted -> confirmed   a receipt with status 1 and the expected logs
 submitted -> failed      a reverted receipt, or the authorization was consumed elsewhere
 """

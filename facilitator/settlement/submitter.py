@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from shared.coalescer import Coalescer
@@ -21,7 +21,7 @@ from shared.rpc.errors import RpcError, RpcUnavailable
 from shared.rpc.eth import Eth
 
 from .batching import Batchable, plan_units, transaction_for
-from .ledger import Ledger, NewSettlement, SettlementRow, SignedTransaction
+from .ledger import Ledger, NewSettlement, NotInserted, SettlementRow, SignedTransaction
 from .signers import FeeQuote, Signer, SignerPool
 
 
@@ -72,15 +72,35 @@ class Entered:
     stored: Stored
 
 
+class Refusal:
+    """The node's refusal of one send. Every settlement of a batch gets this same object (they share the
+    send), so what undoes the transaction (a nonce rewind, a catch-up) runs once for all of them."""
+
+    def __init__(self, error: RpcError) -> None:
+        self.error = error
+        self._undo: asyncio.Future[bool] | None = None
+
+    async def undo_once(self, undo: Callable[[], Awaitable[bool]]) -> bool:
+        """`undo`'s answer, run by the first caller only. Shielded: a caller cancelled while it runs must
+        not leave the others with a half-undone transaction."""
+        if self._undo is None:
+            self._undo = asyncio.ensure_future(undo())
+        return await asyncio.shield(self._undo)
+
+
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """A stored transaction and what the node said. `refused` is None when the node took it, already knew
+    """A stored transaction and what the node said. `refusal` is None when the node took it, already knew
     it, or could not be reached (then the reconciler re-broadcasts the stored bytes)."""
 
     signed: SignedTransaction
     signer: Signer
     carries: int
-    refused: RpcError | None
+    refusal: Refusal | None
+
+    @property
+    def refused(self) -> RpcError | None:
+        return None if self.refusal is None else self.refusal.error
 
 
 class Submitter:
@@ -104,7 +124,7 @@ class Submitter:
         self.lease_seconds = lease_seconds  # a new settlement's row is leased to its attempt this long
         self._on_transaction = on_transaction  # (chain id, settlements carried), per stored transaction
         self._multicall_deployed: bool | None = None
-        self._sending: dict[str, asyncio.Future[RpcError | None]] = {}
+        self._sending: dict[str, asyncio.Future[Refusal | None]] = {}
         # Each key's next nonce as this process last stored it: the next group signs for it ahead and
         # stores in one statement if the ledger agrees (`Ledger.store_transactions_at`). A guess, never
         # trusted: a wrong one costs a signing and the locking path.
@@ -190,8 +210,9 @@ class Submitter:
     ) -> dict[int, Entered] | None:
         """New settlements stored already submitted, with transactions signed for the nonces this key
         should be at, in one statement (`Ledger.insert_submitted`); None (nothing written) without a guess
-        or when the ledger disagrees or knows one of the authorizations. Keyed by id() of each submission.
-        The caller holds the key's lock."""
+        or when the ledger disagrees or knows one of the authorizations. Only the first drops the guess: a
+        known authorization says nothing about the key. Keyed by id() of each submission. The caller holds
+        the key's lock."""
         first = self._next_nonce.get(signer.address)
         if first is None:
             return None
@@ -214,8 +235,9 @@ class Submitter:
             for _ in flat:
                 self.signers.release(signer)
             raise
-        if entered is None:
-            self._next_nonce.pop(signer.address, None)
+        if isinstance(entered, NotInserted):
+            if entered is NotInserted.NONCE_MOVED:
+                self._next_nonce.pop(signer.address, None)
             for _ in flat:
                 self.signers.release(signer)
             return None
@@ -328,10 +350,10 @@ class Submitter:
             sending = asyncio.ensure_future(self._send(stored.signed))
             self._sending[tx_hash] = sending
             sending.add_done_callback(lambda _: self._sending.pop(tx_hash, None))
-        refused = await asyncio.shield(sending)
-        return Broadcast(stored.signed, stored.signer, stored.carries, refused)
+        refusal = await asyncio.shield(sending)
+        return Broadcast(stored.signed, stored.signer, stored.carries, refusal)
 
-    async def _send(self, signed: SignedTransaction) -> RpcError | None:
+    async def _send(self, signed: SignedTransaction) -> Refusal | None:
         try:
             # Its own request rather than a JSON-RPC batch: a node works through a batch one call after
             # another, but takes concurrent requests side by side, so concurrent broadcasts share blocks.
@@ -339,7 +361,7 @@ class Submitter:
         except RpcUnavailable:
             return None  # stored and maybe sent: the reconciler re-broadcasts the same bytes
         except RpcError as exc:
-            return None if _already_known(exc) else exc
+            return None if _already_known(exc) else Refusal(exc)
         return None
 
 

@@ -1,10 +1,6 @@
 """A facilitator SIGKILLed between broadcast and receipt loses nothing and charges nothing twice."""
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -13,59 +9,10 @@ import httpx
 import pytest
 
 from shared.x402 import reasons
-from tests.fixtures.facilitator import API_KEY, free_port
+from tests.support.facilitator_process import FacilitatorProcess, settle
 from tests.support.payments import paid_request
 
 pytestmark = pytest.mark.integration
-
-
-class FacilitatorProcess:
-    def __init__(self, dev_chain, dsn: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "X402_NETWORK": dev_chain.network,
-            "X402_RPC_URLS": dev_chain.rpc_url,
-            "X402_SIGNER_KEYS": ",".join(dev_chain.facilitator_keys),
-            "X402_API_KEYS": API_KEY,
-            "DATABASE_URL": dsn,
-            "X402_PORT": str(self.port),
-            "X402_SETTLE_LEASE_SECONDS": "2",
-            "X402_RECONCILE_INTERVAL_SECONDS": "0.5",
-            "X402_LOG_LEVEL": "WARNING",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "facilitator.cli"], env=self.env)
-        async with httpx.AsyncClient() as http:
-            for _ in range(200):
-                try:
-                    if (await http.get(self.url + "/health")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                assert self.proc.poll() is None, "facilitator exited during start-up"
-                await asyncio.sleep(0.05)
-        raise RuntimeError("facilitator did not come up")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-async def _settle(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=30.0) as http:
-        resp = await http.post(url + "/settle", json=body, headers={"authorization": f"Bearer {API_KEY}"})
-        result: dict[str, Any] = resp.json()
-        return result
 
 
 async def _wait_submitted(dsn: str) -> tuple[str, str]:
@@ -100,7 +47,7 @@ async def test_sigkill_after_broadcast_then_restart(dev_chain, fresh_database, n
     await fac.start()
     dev_chain.rpc.request("evm_setAutomine", [False])
     try:
-        in_flight = asyncio.create_task(_settle(fac.url, body))
+        in_flight = asyncio.create_task(settle(fac.url, body))
         _, tx_hash = await _wait_submitted(fresh_database)
         assert dev_chain.rpc.request("eth_getTransactionByHash", [tx_hash]) is not None  # broadcast
         fac.kill()
@@ -126,7 +73,7 @@ async def test_sigkill_after_broadcast_then_restart(dev_chain, fresh_database, n
         assert rows == [{"status": "confirmed", "tx_hash": tx_hash}]
         assert tx_count == 1
 
-        again = await _settle(fac.url, body)
+        again = await settle(fac.url, body)
         assert again["success"] is True, again
         assert again["transaction"] == tx_hash
         assert dev_chain.balance_of(pay_to) == 12_345

@@ -14,6 +14,7 @@ from facilitator.settlement.ledger import (
     Confirmation,
     Ledger,
     NewSettlement,
+    NotInserted,
     SettlementKey,
     SettlementRow,
     SignedTransaction,
@@ -292,7 +293,7 @@ async def test_new_settlements_go_in_already_submitted_in_one_statement(ledger: 
 
     entered = await ledger.insert_submitted(news, [[0, 2], [1]], SIGNER, 4, signed, lease_seconds=30)
 
-    assert entered is not None
+    assert not isinstance(entered, NotInserted)
     assert [(row.key, tx) for row, tx in entered] == [
         (news[0][0].key, signed[0]),
         (news[1][0].key, signed[1]),
@@ -336,9 +337,45 @@ async def test_a_known_authorization_or_a_wrong_guess_inserts_nothing(ledger: Le
 
     # The known one makes the INSERT fail: the fresh one, the nonce and the transaction go with it.
     news = [(fresh, "o/1"), (known, "o/2")]
-    assert await ledger.insert_submitted(news, [[0, 1]], SIGNER, 0, [tx], lease_seconds=30) is None
+    assert (
+        await ledger.insert_submitted(news, [[0, 1]], SIGNER, 0, [tx], lease_seconds=30)
+        is NotInserted.KNOWN_AUTHORIZATION
+    )
     late = SignedTransaction(tx.tx_hash, tx.raw_tx, 3, tx.max_fee_per_gas)  # the signer is at 0, not 3
-    assert await ledger.insert_submitted([(fresh, "o/1")], [[0]], SIGNER, 3, [late], lease_seconds=30) is None
+    assert (
+        await ledger.insert_submitted([(fresh, "o/1")], [[0]], SIGNER, 3, [late], lease_seconds=30)
+        is NotInserted.NONCE_MOVED
+    )
+    # Both wrong: the nonce is checked first, and says it.
+    assert (
+        await ledger.insert_submitted(news, [[0, 1]], SIGNER, 3, [late], lease_seconds=30)
+        is NotInserted.NONCE_MOVED
+    )
     await nothing_written()
     with pytest.raises(ValueError, match="exactly one"):
         await ledger.insert_submitted([(fresh, "o/1")], [[]], SIGNER, 3, [late], lease_seconds=30)
+
+
+async def test_a_refused_transaction_is_rewound_once_and_only_while_its_nonce_is_the_last(
+    ledger: Ledger,
+) -> None:
+    await ledger.sync_signer_nonce(CHAIN, SIGNER, 3)
+    first, second, third, fourth = await fresh_rows(ledger, 4)
+    (refused,) = await ledger.store_transactions([[first]], SIGNER, fake_sign)
+    assert isinstance(refused, SignedTransaction) and refused.nonce == 3
+
+    assert await ledger.rewind_unused_nonce(CHAIN, SIGNER, 3, refused.tx_hash) is True
+    assert await ledger.transactions(first.id) == []
+    (reused,) = await ledger.store_transactions([[second]], SIGNER, fake_sign)
+    assert isinstance(reused, SignedTransaction) and reused.nonce == 3
+    # A late undo of the same refusal finds its transaction gone: nonce 3 stays with the one stored since.
+    assert await ledger.rewind_unused_nonce(CHAIN, SIGNER, 3, refused.tx_hash) is True
+    assert [t.tx_hash for t in await ledger.transactions(second.id)] == [reused.tx_hash]
+    (after,) = await ledger.store_transactions([[third]], SIGNER, fake_sign)
+    assert isinstance(after, SignedTransaction) and after.nonce == 4
+
+    # Nonce 5 handed out after 4: 4 cannot come back without leaving a hole, so its transaction stays.
+    (later,) = await ledger.store_transactions([[fourth]], SIGNER, fake_sign)
+    assert isinstance(later, SignedTransaction) and later.nonce == 5
+    assert await ledger.rewind_unused_nonce(CHAIN, SIGNER, 4, after.tx_hash) is False
+    assert [t.tx_hash for t in await ledger.transactions(third.id)] == [after.tx_hash]

@@ -4,12 +4,13 @@ the guess and the locking path allocates. Two submitters sharing a key and a led
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from facilitator.settlement.ledger import Ledger
+from facilitator.settlement.ledger import Ledger, NotInserted
 from facilitator.settlement.signers import FeeQuote, Signer, SignerPool
 from facilitator.settlement.states import Status
 from facilitator.settlement.submitter import NewSubmission, Submission, Submitter
@@ -42,10 +43,14 @@ class CountingLedger(Ledger):
         self.locking = 0
         self.ahead = 0
         self.inserted_ahead = 0
+        self.not_inserted: list[NotInserted] = []
 
     async def insert_submitted(self, *args: Any, **kwargs: Any) -> Any:
         entered = await super().insert_submitted(*args, **kwargs)
-        self.inserted_ahead += entered is not None
+        if isinstance(entered, NotInserted):
+            self.not_inserted.append(entered)
+        else:
+            self.inserted_ahead += 1
         return entered
 
     async def store_transactions(self, *args: Any, **kwargs: Any) -> Any:
@@ -131,3 +136,43 @@ async def test_new_settlements_go_in_with_their_transaction_and_a_known_one_is_l
     (extra,) = await fresh_rows(ledger, 1)
     sent = await first.submit(Submission(extra, TOKEN, extra.calldata, 90_000, FEES))
     assert sent.signed.nonce == 6
+
+
+async def test_a_known_authorization_keeps_the_guess_a_moved_nonce_drops_it(
+    ledger: Ledger, replicas: Replicas
+) -> None:
+    counting, node, first, second = replicas.ledger, replicas.node, replicas.first, replicas.second
+    news = [new_settlement(f"0x{i:040x}") for i in range(1, 6)]
+
+    def submission(i: int, owner: str) -> NewSubmission:
+        return NewSubmission(news[i], owner, TOKEN, news[i].calldata, 90_000, FEES)
+
+    entered = await first.submit_new(submission(0, "o/0"))  # no guess yet: the locking path
+    assert entered is not None and entered[1].signed.nonce == 0
+    assert (counting.inserted_ahead, counting.locking) == (0, 1)
+
+    # The guess (nonce 1) is right, but the authorization is already in the ledger: nothing is written,
+    # and the guess stands for the next settlement, which goes in with its transaction in one statement.
+    assert await first.submit_new(submission(0, "o/again")) is None
+    assert counting.not_inserted == [NotInserted.KNOWN_AUTHORIZATION]
+    entered = await first.submit_new(submission(1, "o/1"))
+    assert entered is not None and entered[1].signed.nonce == 1
+    assert (counting.inserted_ahead, counting.locking) == (1, 1)
+
+    # A known authorization grouped with a new one: the group's one statement fails for it, the new one is
+    # inserted and stored on the kept guess (one statement again), the known one gets nothing.
+    known, fresh = await asyncio.gather(
+        first.submit_new(submission(1, "o/1-again")), first.submit_new(submission(2, "o/2"))
+    )
+    assert known is None and fresh is not None and fresh[1].signed.nonce == 2
+    assert counting.not_inserted == [NotInserted.KNOWN_AUTHORIZATION] * 2
+    assert (counting.ahead, counting.locking) == (1, 1)
+
+    # Another replica moves the key: that guess is dropped, and the locking path allocates after it.
+    entered = await second.submit_new(submission(3, "o/3"))
+    assert entered is not None and entered[1].signed.nonce == 3
+    entered = await first.submit_new(submission(4, "o/4"))
+    assert entered is not None and entered[1].signed.nonce == 4
+    assert counting.not_inserted[-1] is NotInserted.NONCE_MOVED
+    assert counting.locking == 3
+    assert len(node.sent) == 5
