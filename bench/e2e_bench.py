@@ -170,8 +170,20 @@ async def run_flows(
     return res
 
 
+_COUNTERS = (
+    "x402_verify_seconds_sum",
+    "x402_verify_seconds_count",
+    "x402_settle_seconds_sum",
+    "x402_settle_seconds_count",
+    "x402_settlement_transaction_settlements_sum",
+    "x402_settlement_transaction_settlements_count",
+    "x402_rpc_seconds_count",
+)
+
+
 async def facilitator_timings(port: int) -> dict[str, float] | None:
-    """Our facilitator's /verify and /settle handling time so far (sum of seconds and count, all labels)."""
+    """Our facilitator's counters so far, summed over labels: /verify and /settle handling time, the
+    settlements its transactions carried, and its JSON-RPC requests (a batch counts once)."""
     try:
         status, body = await http_get(HOST, port, "/metrics", timeout=10.0)
     except (TimeoutError, OSError, ValueError):
@@ -180,15 +192,14 @@ async def facilitator_timings(port: int) -> dict[str, float] | None:
         return None
     out: dict[str, float] = {}
     for line in body.decode(errors="replace").splitlines():
-        for name in (
-            "x402_verify_seconds_sum",
-            "x402_verify_seconds_count",
-            "x402_settle_seconds_sum",
-            "x402_settle_seconds_count",
-        ):
+        for name in _COUNTERS:
             if line.startswith(name + "{") or line.startswith(name + " "):
                 out[name] = out.get(name, 0.0) + float(line.rpartition(" ")[2])
     return out
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
 
 
 def _mean_ms(before: dict[str, float], after: dict[str, float], what: str) -> float:
@@ -216,6 +227,8 @@ class Row:
     sign_p50_ms: float
     fac_verify_mean_ms: float = float("nan")
     fac_settle_mean_ms: float = float("nan")
+    settlements_per_tx: float = float("nan")
+    rpc_requests_per_paid: float = float("nan")
     cpu: dict[str, Any] = field(default_factory=dict)
     chain_check: str = ""
     failure_samples: list[str] = field(default_factory=list)
@@ -383,10 +396,16 @@ class E2EBench:
                     raise RuntimeError(f"{server.name} died during the cell:\n{server.log_tail()}")
             cpu: dict[str, Any] = CpuMeter.percent(before, after)
             fac_after = await facilitator_timings(self.facilitator.port)
-            fac_verify = fac_settle = float("nan")
+            fac_verify = fac_settle = per_tx = rpc_per_paid = float("nan")
             if fac_before is not None and fac_after is not None:
                 fac_verify = _mean_ms(fac_before, fac_after, "verify")
                 fac_settle = _mean_ms(fac_before, fac_after, "settle")
+                txs = _delta(fac_before, fac_after, "x402_settlement_transaction_settlements_count")
+                if txs:
+                    carried = _delta(fac_before, fac_after, "x402_settlement_transaction_settlements_sum")
+                    per_tx = round(carried / txs, 1)
+                if res.ok:
+                    rpc_per_paid = round(_delta(fac_before, fac_after, "x402_rpc_seconds_count") / res.ok, 2)
             exclude = self.meter.own_pids() | {p.spy_pid for p in spy or [] if p.spy_pid}
             others = self.meter.top_others(before, after, exclude)
             if others:
@@ -413,6 +432,8 @@ class E2EBench:
                 sign_p50_ms=round(percentile(res.sign_lat, 50) * 1000, 2),
                 fac_verify_mean_ms=fac_verify,
                 fac_settle_mean_ms=fac_settle,
+                settlements_per_tx=per_tx,
+                rpc_requests_per_paid=rpc_per_paid,
                 cpu={k: (v if isinstance(v, str) else round(v)) for k, v in cpu.items()},
                 chain_check=check,
                 failure_samples=res.failure_samples,
@@ -422,7 +443,8 @@ class E2EBench:
                 f"c={c:<3} {res.ok:5} paid ok / {res.flows} flows in {res.elapsed:5.2f}s = {res.rps:6.1f}/s  "
                 f"paid p50 {row.paid_p50_ms} p99 {row.paid_p99_ms} ms  flow p50 {row.flow_p50_ms} "
                 f"p99 {row.flow_p99_ms} ms  (402 leg p50 {row.challenge_p50_ms}, sign p50 "
-                f"{row.sign_p50_ms} ms; facilitator mean verify {fac_verify} settle {fac_settle} ms)  "
+                f"{row.sign_p50_ms} ms; facilitator mean verify {fac_verify} settle {fac_settle} ms, "
+                f"{per_tx} settlements per tx, {rpc_per_paid} RPC requests per paid)  "
                 f"fail {res.failed}  cpu% {_cpu_text(cpu)}  chain: {check}"
             )
             for s in res.failure_samples:
