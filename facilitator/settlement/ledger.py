@@ -632,6 +632,18 @@ class Ledger:
             owner,
         )
 
+    async def renew_lease(self, settlement_id: int, owner: str, lease_seconds: float) -> bool:
+        """Extends `owner`'s lease of an in-flight row before a long step (a re-send); False when the row
+        is no longer in flight or no longer `owner`'s, and then it must not be sent again."""
+        renewed = await self.pool.fetchval(
+            """UPDATE settlements SET lease_until=now() + make_interval(secs => $3)
+               WHERE id=$1 AND lease_owner=$2 AND status IN ('received','submitted') RETURNING id""",
+            settlement_id,
+            owner,
+            lease_seconds,
+        )
+        return renewed is not None
+
     async def claim_in_flight(
         self, owner: str, lease_seconds: float, limit: int = 100
     ) -> list[SettlementRow]:

@@ -25,16 +25,16 @@ def transfer_matches(
     return None if missing is None else _PROBLEMS[missing]
 
 
-def settlement_problem(receipt: dict[str, Any], row: SettlementRow) -> str | None:
-    """`transfer_matches` for the transfer a ledger row authorizes."""
-    return transfer_matches(
-        receipt,
-        token=row.key.token,
-        payer=row.key.payer,
-        pay_to=row.pay_to,
-        amount=row.amount,
-        auth_nonce=row.key.auth_nonce,
+def settlement_missing(receipt: dict[str, Any], row: SettlementRow) -> MissingEvent | None:
+    """None when the receipt shows the transfer a ledger row authorizes; otherwise which event is missing."""
+    key = row.key
+    return missing_transfer_event(
+        receipt, token=key.token, payer=key.payer, pay_to=row.pay_to, amount=row.amount, nonce=key.auth_nonce
     )
+
+
+def describe(missing: MissingEvent) -> str:
+    return _PROBLEMS[missing]
 
 
 def receipt_succeeded(receipt: dict[str, Any]) -> bool:

@@ -26,7 +26,7 @@ import structlog
 
 from shared.evm import calls
 from shared.rpc.errors import RpcError, RpcUnavailable
-from shared.rpc.eth import Eth, to_bytes
+from shared.rpc.eth import Eth, hex_int
 from shared.x402 import reasons
 
 from ..exact_evm.payment import Rejected
@@ -34,7 +34,7 @@ from ..runtime import NetworkRuntime
 from ..wire import BadRequest, payment_from_wire
 from .fees import FeeCapExceeded
 from .ledger import SettlementKey, SettlementRow, StoredTransaction
-from .receipt_checks import receipt_succeeded, settlement_problem
+from .receipt_checks import receipt_succeeded, settlement_missing
 from .signers import FeeQuote
 from .speedup import is_stuck, replacement_fees
 from .states import Status
@@ -68,6 +68,12 @@ async def _resend_or_fail(
 ) -> SettlementRow:
     """Verify the stored payment again and send a fresh transaction (with `alone`, one that carries only
     this settlement), or fail the row with the reason."""
+    # Verifying, sending and waiting outlast what is left of the lease: renewed first, so no other caller
+    # takes the row and sends it too; a row no longer ours is not sent.
+    if not await service.ledger.renew_lease(row.id, attempt, service.lease_seconds + wait):
+        fresh = await service.ledger.get(row.id)
+        assert fresh is not None
+        return fresh
     try:
         payment = payment_from_wire(row.payload, row.requirements)
         verified = await service.verifier.verify(payment, simulate=True, estimate_gas=True)
@@ -134,7 +140,7 @@ def deciding_receipt(
     one's signer nonce (the current one, its replacement, can never land). None while the current one, a
     re-send after an earlier transaction failed to carry the transfer, may still land."""
     for tx, receipt in mined:
-        if receipt_succeeded(receipt) and settlement_problem(receipt, row) is None:
+        if receipt_succeeded(receipt) and settlement_missing(receipt, row) is None:
             return tx, receipt
     for tx, receipt in reversed(mined):
         if tx.tx_hash == current.tx_hash or (tx.signer, tx.signer_nonce) == (
@@ -145,10 +151,15 @@ def deciding_receipt(
     return None
 
 
-async def authorization_used(eth: Eth, key: SettlementKey) -> bool:
+async def authorization_used(eth: Eth, key: SettlementKey, *, block: str = "latest") -> bool:
     """The token's own answer: used or cancelled (FiatToken's authorizationState says both)."""
-    state = await eth.call(key.token, calls.authorization_state(key.payer, bytes.fromhex(key.auth_nonce[2:])))
-    return calls.decode_bool(to_bytes(state))
+    state = await eth.call(
+        key.token, calls.authorization_state(key.payer, bytes.fromhex(key.auth_nonce[2:])), block=block
+    )
+    if len(state) < 32:
+        # decode_bool would read it as "unused" and the payment would be sent again: leave it for later.
+        raise RpcError(-32603, f"authorizationState answered {len(state)} bytes, not a word")
+    return calls.decode_bool(state)
 
 
 async def resolve_missing_transfer(
@@ -173,7 +184,13 @@ async def resolve_missing_transfer(
         tx_hash=tx_hash, block_number=block_number, block_hash=block_hash, gas_used=gas_used
     )
     network = service.networks[row.key.chain_id]
-    if await authorization_used(network.eth, row.key):
+    # At the receipt's block or later: a node behind it (another endpoint) must not call it unused.
+    if await authorization_used(network.eth, row.key, block=hex_int(block_number)):
+        # Maybe by another of this row's transactions (a re-send by a caller whose lease had lapsed).
+        own = await _carrying_transaction(service, network, row)
+        if own is not None:
+            tx, receipt = own
+            return await service.finalize(row, receipt, tx.tx_hash, attempt=attempt, wait=wait)
         return await service.ledger.finish(
             row.id,
             Status.FAILED,
@@ -191,6 +208,22 @@ async def resolve_missing_transfer(
         )
     log.warning("settlement_resend", settlement_id=row.id, failed_in=tx_hash, reason=failure)
     return await _resend_or_fail(service, row, attempt=attempt, wait=wait, alone=True)
+
+
+async def _carrying_transaction(
+    service: SettlementService, network: NetworkRuntime, row: SettlementRow
+) -> tuple[StoredTransaction, dict[str, Any]] | None:
+    """One of `row`'s stored transactions whose receipt shows its transfer."""
+    txs = await service.ledger.transactions(row.id)
+    receipts = await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+    for tx, receipt in zip(txs, receipts, strict=True):
+        if (
+            isinstance(receipt, dict)
+            and receipt_succeeded(receipt)
+            and settlement_missing(receipt, row) is None
+        ):
+            return tx, receipt
+    return None
 
 
 async def _speed_up(

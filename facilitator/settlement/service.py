@@ -17,6 +17,7 @@ import orjson
 import structlog
 
 from shared.coalescer import Coalescer
+from shared.evm.transfer_logs import MissingEvent
 from shared.rpc.errors import RpcError, RpcUnavailable
 from shared.x402 import reasons
 from shared.x402.models import SettleResponse
@@ -26,7 +27,7 @@ from ..exact_evm.verifier import ExactEvmVerifier, VerifiedPayment
 from ..runtime import NetworkRuntime
 from .fees import FeeCapExceeded
 from .ledger import Confirmation, Ledger, NewSettlement, SettlementKey, SettlementRow, SignedTransaction
-from .receipt_checks import receipt_succeeded, settlement_problem
+from .receipt_checks import describe, receipt_succeeded, settlement_missing
 from .recent import RecentVerifications
 from .signers import FeeQuote, Signer
 from .states import Status
@@ -384,8 +385,8 @@ class SettlementService:
                 network.signers.release(signer)  # an error on the way out: no answer holds the key for it
                 raise
             if not undone:
-                # Later nonces of this key are out: leaving a hole would stall them, so the stored
-                # transaction stays and the reconciler keeps re-broadcasting it.
+                # Known to the node after all, or later nonces of this key are out (leaving a hole would
+                # stall them): the stored transaction stays, awaited, and the reconciler re-broadcasts it.
                 return sent
             network.signers.release(signer)
             if _nonce_too_low(refused) and signer.address not in caught_up:
@@ -407,7 +408,12 @@ class SettlementService:
     async def _undo_refused(
         self, network: NetworkRuntime, signer: Signer, signed: SignedTransaction, exc: RpcError
     ) -> bool:
-        """True when the refused transaction is gone from the ledger and its nonce free again."""
+        """True when the refused transaction is gone from the ledger and its nonce free again; False when
+        it stays (it is not ours to undo: it may still be mined)."""
+        if await network.eth.get_transaction(signed.tx_hash) is not None:
+            # The node knows it after all: an endpoint that refused it after another took it (a retry of
+            # the send on failover), maybe even mined. Undoing it would lose a transaction that can land.
+            return False
         if _nonce_too_low(exc):
             await self._catch_up(network, signer)
             await self.ledger.forget_transaction(signed.tx_hash)
@@ -433,38 +439,33 @@ class SettlementService:
         common: dict[str, Any] = dict(
             tx_hash=tx_hash, block_number=block_number, block_hash=receipt.get("blockHash"), gas_used=gas_used
         )
-        succeeded = receipt_succeeded(receipt)
-        if succeeded:
-            mismatch = settlement_problem(receipt, row)
-            if mismatch is None:
+        if receipt_succeeded(receipt):
+            missing = settlement_missing(receipt, row)
+            if missing is None:
                 return await self._confirmations.submit(
                     Confirmation(row.id, tx_hash, block_number, receipt.get("blockHash"), gas_used)
                 )
-            if str(receipt.get("to") or "").lower() == row.key.token.lower():
-                # Sent to the token, the call succeeded yet the logs do not show the transfer.
+            if (
+                missing is MissingEvent.TRANSFER
+                or str(receipt.get("to") or "").lower() == row.key.token.lower()
+            ):
+                # This transaction used the authorization (its AuthorizationUsed is logged), or called the
+                # token directly and succeeded, yet the logs lack the transfer.
                 return await self.ledger.finish(
                     row.id,
                     Status.FAILED,
                     error_reason=reasons.TRANSFER_EVENT_MISMATCH,
-                    error_message=mismatch,
+                    error_message=describe(missing),
                     **common,
                 )
             # Sent through Multicall3 (a batch, or a wallet deployment): the transfer failed inside a
             # transaction that itself succeeded.
-            failure = f"transferWithAuthorization failed inside transaction {tx_hash} ({mismatch})"
+            failure = f"transferWithAuthorization failed inside transaction {tx_hash} ({describe(missing)})"
         else:
             failure = "transferWithAuthorization reverted on-chain"
         carried = len(await self.ledger.rows_by_tx_hash(tx_hash))
-        if not succeeded and carried <= 1:
-            return await self.ledger.finish(
-                row.id,
-                Status.FAILED,
-                error_reason=reasons.TRANSACTION_FAILED,
-                error_message=failure,
-                **common,
-            )
-        # Inside a batch, or inside a transaction that went through: whether the payer was charged elsewhere
-        # or not at all, only the authorization's state says.
+        # Reverted, or failed inside a batch: whether the payer was charged elsewhere (an earlier transaction
+        # of this row, a third party) or not at all, only the authorization's state says.
         from .reconciler import resolve_missing_transfer
 
         try:

@@ -350,7 +350,11 @@ class Submitter:
             sending = asyncio.ensure_future(self._send(stored.signed))
             self._sending[tx_hash] = sending
             sending.add_done_callback(lambda _: self._sending.pop(tx_hash, None))
-        refusal = await asyncio.shield(sending)
+        try:
+            refusal = await asyncio.shield(sending)
+        except BaseException:
+            self.signers.release(stored.signer)  # cancelled: no caller gets the Broadcast that releases it
+            raise
         return Broadcast(stored.signed, stored.signer, stored.carries, refusal)
 
     async def _send(self, signed: SignedTransaction) -> Refusal | None:

@@ -10,13 +10,15 @@ import asyncpg
 import httpx
 import pytest
 
-from facilitator.settlement.ledger import Ledger
+from facilitator.settlement.ledger import Ledger, SignedTransaction
 from facilitator.settlement.service import settlement_key
 from facilitator.settlement.states import Status
+from facilitator.settlement.submitter import Refusal
 from shared.devchain.chain import DevChain
 from shared.devchain.constants import DEV_ACCOUNT_KEYS
 from shared.evm import calls
 from shared.evm.signatures import parse_ecdsa
+from shared.rpc.errors import RpcError
 from shared.x402 import reasons
 from tests.support.facilitator_process import FacilitatorProcess, settle
 from tests.support.payments import paid_request
@@ -238,6 +240,45 @@ async def test_a_refused_batch_is_undone_once_and_each_settlement_goes_again_on_
         pool.release(funded)
 
 
+async def test_a_batch_refused_by_an_endpoint_after_the_node_took_it_is_kept_and_settles(
+    dev_chain_isolated, start_facilitator, monkeypatch
+):
+    """A send can be refused by one endpoint after another took it (the client retries on failover): the
+    refusal then names a transaction the chain knows. Undoing it would drop a transaction that lands and
+    re-send payments that are already charged; instead it is kept and awaited, and every payment settles
+    once in it."""
+    chain = dev_chain_isolated
+    fac = await start_facilitator(verify_reuse_seconds=60, reconcile_interval_seconds=3600)
+    network = fac.core.settlement.networks[chain.chain_id]
+    ledger = fac.core.settlement.ledger
+    submitter = fac.core.settlement.submitters[chain.chain_id]
+    payers = [chain.new_payer(1_000_000) for _ in range(4)]
+    bodies = [paid_request(chain, p, 6_500 + i) for i, p in enumerate(payers)]
+    payments = await verified_ahead(fac, bodies)
+    rewinds = _counting(monkeypatch, ledger, "rewind_unused_nonce")
+    forgets = _counting(monkeypatch, ledger, "forget_transaction")
+    real_send = submitter._send
+
+    async def taken_then_refused(signed: SignedTransaction) -> Refusal | None:
+        assert await real_send(signed) is None  # the node takes it...
+        return Refusal(RpcError(-32000, "nonce too low"))  # ...and the retry on another endpoint is refused
+
+    monkeypatch.setattr(submitter, "_send", taken_then_refused)
+
+    answers = await settle_in_one_group(fac, payments)
+
+    assert all(a.success for a in answers), answers
+    (batch,) = {a.transaction for a in answers}
+    assert len(await ledger.rows_by_tx_hash(batch)) == len(payments)
+    assert rewinds == [] and forgets == []
+    for body, payer, payment in zip(bodies, payers, payments, strict=True):
+        amount = int(body["paymentRequirements"]["amount"])
+        assert chain.balance_of(payer.address) == 1_000_000 - amount
+        key = settlement_key(payment, chain.chain_id)
+        assert _authorization_used_logs(chain, payer.address, key.auth_nonce) == 1
+    assert all(network.signers.in_flight(a) == 0 for a in network.signers.addresses)
+
+
 async def test_a_refused_batch_on_the_only_key_fails_uncharged_and_leaves_the_key_usable(
     dev_chain_isolated, start_facilitator, monkeypatch
 ):
@@ -355,6 +396,30 @@ async def test_a_transfer_front_run_inside_a_batch_fails_as_used_and_is_paid_onc
         assert chain.balance_of(payer.address) == 1_000_000 - amount
         nonce = body["paymentPayload"]["payload"]["authorization"]["nonce"]
         assert _authorization_used_logs(chain, payer.address, nonce) == 1
+
+
+async def test_a_lone_transfer_front_run_reverts_and_fails_as_used(dev_chain_isolated, start_facilitator):
+    """The same race with a settlement sent alone: its transaction reverts. The chain says the
+    authorization is used, so the answer is that (the payee was paid, by the other transaction), not a
+    revert that would read as nothing charged."""
+    chain = dev_chain_isolated
+    fac = await start_facilitator(verify_reuse_seconds=60, reconcile_interval_seconds=3600)
+    payer = chain.new_payer(1_000_000)
+    body = paid_request(chain, payer, 5_000)
+    (payment,) = await verified_ahead(fac, [body])
+    chain.rpc.send_transaction(
+        DEV_ACCOUNT_KEYS[5],
+        to=chain.usdc.address,
+        data=calls.transfer_with_authorization_vrs(payment.authorization, parse_ecdsa(payment.signature)),
+    )
+
+    (answer,) = await settle_in_one_group(fac, [payment])
+
+    assert (answer.success, answer.error_reason) == (False, reasons.NONCE_ALREADY_USED), answer
+    receipt = chain.rpc.request("eth_getTransactionReceipt", [answer.transaction])
+    assert receipt["status"] == "0x0"  # its own transaction reverted
+    assert chain.balance_of(body["paymentRequirements"]["payTo"]) == 5_000
+    assert chain.balance_of(payer.address) == 1_000_000 - 5_000
 
 
 async def test_a_transfer_that_failed_inside_a_batch_unused_goes_again_alone(

@@ -379,3 +379,21 @@ async def test_a_refused_transaction_is_rewound_once_and_only_while_its_nonce_is
     assert isinstance(later, SignedTransaction) and later.nonce == 5
     assert await ledger.rewind_unused_nonce(CHAIN, SIGNER, 4, after.tx_hash) is False
     assert [t.tx_hash for t in await ledger.transactions(third.id)] == [after.tx_hash]
+
+
+async def test_a_lease_is_renewed_only_by_its_owner_and_only_while_the_row_is_in_flight(
+    ledger: Ledger,
+) -> None:
+    (row,) = await ledger.insert_many([(new_settlement("0x" + "7" * 40), "owner")], lease_seconds=1)
+    assert row is not None and row.lease_until is not None
+
+    assert await ledger.renew_lease(row.id, "owner", 300)
+    renewed = await ledger.get(row.id)
+    assert renewed is not None and renewed.lease_until is not None
+    assert (renewed.lease_until - row.lease_until).total_seconds() > 250
+    # A caller whose lease lapsed and was taken over must not send the row again.
+    assert not await ledger.renew_lease(row.id, "someone else", 300)
+    assert await ledger.claim_one(row.id, "someone else", 30) is None  # still the owner's
+
+    await ledger.finish(row.id, Status.FAILED, error_reason="r", error_message="m")
+    assert not await ledger.renew_lease(row.id, "owner", 300)  # finished: nothing left to send
