@@ -186,11 +186,15 @@ class ExactEvmVerifier:
             if calldata != transfer_calldata(payment, plan):
                 calldata = transfer_calldata(payment, plan)
                 sim_reply = None
-                if simulate:
-                    sim_reply = await _simulate(chain, token.address, calldata, estimate_gas)
 
+        if simulate and sim_reply is None:
+            # The first round trip simulated another call, or none (a deployed wallet whose signature
+            # carries the ERC-6492 wrapper): simulate the very transfer settlement will send.
+            sim_reply = await _simulate(chain, token.address, calldata, estimate_gas)
+            if sim_reply is None:
+                raise RpcUnavailable("the node answered the transfer's simulation with no result")
         if simulate and isinstance(sim_reply, RpcError):
-            raise await self._diagnose(chain, token, payment, sim_reply)
+            raise await self._diagnose(chain, token, payment, _verdict(sim_reply))
         gas = to_int(sim_reply) if estimate_gas and sim_reply is not None else None
         return VerifiedPayment(payment, token.chain_id, token, plan, calldata, gas)
 
@@ -211,6 +215,7 @@ class ExactEvmVerifier:
             out = await chain.eth.call(calls.MULTICALL3_ADDRESS, data, sender=chain.simulate_from)
             results = calls.decode_try_aggregate(out)
         except RpcError as exc:
+            _verdict(exc)
             raise Rejected(
                 reasons.SIMULATION_FAILED,
                 f"counterfactual simulation failed: {exc.revert_reason}",
@@ -242,6 +247,7 @@ class ExactEvmVerifier:
                 )
             )
         except RpcError as exc:
+            _verdict(exc)
             raise Rejected(
                 reasons.SIMULATION_FAILED,
                 f"counterfactual gas estimate failed: {exc.revert_reason}",
@@ -266,6 +272,7 @@ class ExactEvmVerifier:
         )
         state, name, version, balance = replies
         if isinstance(state, RpcError):
+            _verdict(state)
             return Rejected(
                 reasons.EIP3009_NOT_SUPPORTED, f"token has no authorizationState: {revert}", payer
             )
@@ -307,10 +314,20 @@ def _str(reply: object) -> str | None:
 
 
 async def _try_call(eth: Eth, to: str, data: bytes) -> bytes | None:
+    """The call's answer, None when it reverts."""
     try:
         return await eth.call(to, data)
-    except RpcError:
+    except RpcError as exc:
+        _verdict(exc)
         return None
+
+
+def _verdict(exc: RpcError) -> RpcError:
+    """`exc` when the call itself reverted, a verdict on the payment; otherwise the node could not answer
+    (a rate limit, state it lacks, an internal error), which must not be reported as the payer's fault."""
+    if not exc.is_revert:
+        raise RpcUnavailable(f"the node could not answer: {exc.message}") from exc
+    return exc
 
 
 async def _simulate(chain: ChainView, to: str, data: bytes, estimate_gas: bool) -> object:

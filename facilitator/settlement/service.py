@@ -335,6 +335,8 @@ class SettlementService:
         try:
             gas_limit = await network.gas.limit_for(verified, network.signers.addresses[0])
         except RpcError as exc:
+            if not exc.is_revert:  # the node, not the transfer: nothing recorded, asked again later
+                raise RpcUnavailable(f"gas estimate: {exc.message}") from exc
             raise _SubmitFailed(reasons.SIMULATION_FAILED, exc.revert_reason) from None
         try:
             fees = await network.fees.quote()

@@ -365,7 +365,8 @@ class Submitter:
         except RpcUnavailable:
             return None  # stored and maybe sent: the reconciler re-broadcasts the same bytes
         except RpcError as exc:
-            return None if _already_known(exc) else Refusal(exc)
+            # A node that could not take it now has not refused it: stored, maybe sent, re-broadcast later.
+            return None if _already_known(exc) or exc.is_transient else Refusal(exc)
         return None
 
 

@@ -7,6 +7,21 @@ class RpcUnavailable(Exception):
     """No endpoint answered: every URL failed at the transport level or is cooling down."""
 
 
+# What a failed call's own execution looks like across nodes (geth/Anvil "execution reverted", code 3;
+# older nodes "VM Exception while processing transaction: revert"; an estimate that runs out of gas).
+_REVERT_MARKERS = ("revert", "invalid opcode", "out of gas", "gas required exceeds")
+# A node or provider that could not answer now, whatever was asked.
+_TRANSIENT_CODES = frozenset({-32002, -32005, -32603})
+_TRANSIENT_MARKERS = (
+    "rate limit",
+    "too many requests",
+    "timeout",
+    "timed out",
+    "try again",
+    "header not found",
+)
+
+
 class RpcError(Exception):
     """A JSON-RPC error object: the node answered, and the answer is an error (e.g. a revert)."""
 
@@ -35,3 +50,18 @@ class RpcError(Exception):
                 return reason
         prefix = "execution reverted: "
         return self.message[len(prefix) :] if self.message.startswith(prefix) else self.message
+
+    @property
+    def is_revert(self) -> bool:
+        """The call itself failed when executed: a verdict on what was called. Anything else (a rate limit,
+        state the node does not have, an internal error) says nothing about the payment."""
+        if self.code == 3 or self.revert_data:
+            return True
+        message = self.message.lower()
+        return any(marker in message for marker in _REVERT_MARKERS)
+
+    @property
+    def is_transient(self) -> bool:
+        """The node or provider could not take the request now: a send may be tried again as it is."""
+        message = self.message.lower()
+        return self.code in _TRANSIENT_CODES or any(marker in message for marker in _TRANSIENT_MARKERS)

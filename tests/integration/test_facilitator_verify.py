@@ -185,6 +185,28 @@ async def test_erc6492_counterfactual_wallet_verifies_and_settles(dev_chain, fac
     assert dev_chain.rpc.get_code(wallet)  # deployed in the same transaction
 
 
+async def test_deployed_wallet_with_a_wrapped_signature_is_simulated(dev_chain, facilitator):
+    """Some wallets wrap every signature for ERC-6492, deployed or not. Once the wallet is deployed, its
+    payment must still be simulated: a wallet without the funds is refused at /verify, not at settlement."""
+    owner = Account.create()
+    salt = os.urandom(8)
+    wallet = dev_chain.deploy_wallet(owner.address, salt)
+    pay_to = new_address()
+    auth = authorization(wallet, pay_to, 10_000)
+    wrapped = dev_chain.erc6492_signature(
+        owner.address, salt, sign_digest(owner.key.hex(), digest(dev_chain, auth))
+    )
+    body = v2_body(requirements_v2(dev_chain, pay_to, 10_000), auth, wrapped)
+
+    assert await _reason(facilitator, body) == reasons.INSUFFICIENT_BALANCE
+
+    dev_chain.mint(wallet, 1_000_000)
+    assert (await facilitator.post("/verify", body)).json() == {"isValid": True, "payer": wallet}
+    settled = (await facilitator.post("/settle", body)).json()
+    assert settled["success"] is True, settled
+    assert dev_chain.balance_of(pay_to) == 10_000
+
+
 async def test_erc6492_factory_must_be_allow_listed(dev_chain, start_facilitator):
     fac = await start_facilitator(network={"eip6492_factories": []})
     owner = Account.create()
