@@ -55,7 +55,6 @@ class NetworkSettings(BaseModel):
     replace_after_seconds: float = Field(default=30.0, gt=0)
     # Concurrent plain transfers share one Multicall3 transaction, up to this many (1 = one transaction each).
     max_batch_transfers: int = Field(default=50, ge=1, le=300)
-    confirmations: int = 1
     eip6492_factories: list[str] = Field(
         default_factory=list
     )  # allow-list; empty denies counterfactual wallets

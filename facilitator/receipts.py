@@ -155,7 +155,8 @@ class ReceiptService:
 
     async def lookup(self, tx_hash: str, nonce: str | None = None) -> dict[str, Any] | None:
         """The receipt of the payment `nonce` names in the transaction (or of its only payment); None when
-        there is no such payment. Raises AmbiguousReceipt for a batch without a nonce."""
+        there is no such payment. Raises AmbiguousReceipt for a batch without a nonce, and RpcUnavailable
+        when the chain did not answer what the receipt would state: a signed document must not guess."""
         tx_hash = tx_hash.lower()
         rows = await self.ledger.rows_by_tx_hash(tx_hash)
         if rows:
@@ -164,23 +165,32 @@ class ReceiptService:
             network = self.networks.get(row.key.chain_id) if row is not None else None
             if row is None or network is None:
                 return None
-            head = await _head(network)
+            # Only a confirmed row counts confirmations: the others need nothing from the chain.
+            head = await _head(network) if row.status is Status.CONFIRMED else None
             return receipt_from_row(row, tx_hash, head, network, carried=len(rows))
+        unavailable: RpcUnavailable | None = None
         for network in self.networks.values():
-            found = await self._from_chain(network, tx_hash, nonce)
+            try:
+                found = await self._from_chain(network, tx_hash, nonce)
+            except RpcUnavailable as exc:
+                unavailable = exc  # the transaction may be on this chain: "no such payment" is not known
+                continue
             if found is not None:
                 return found
+        if unavailable is not None:
+            raise unavailable
         return None
 
     async def _from_chain(
         self, network: NetworkRuntime, tx_hash: str, nonce: str | None
     ) -> dict[str, Any] | None:
-        try:
-            tx, receipt = await network.rpc.batch(
-                [("eth_getTransactionByHash", [tx_hash]), ("eth_getTransactionReceipt", [tx_hash])]
-            )
-        except RpcUnavailable:
-            return None
+        tx, receipt = await network.rpc.batch(
+            [("eth_getTransactionByHash", [tx_hash]), ("eth_getTransactionReceipt", [tx_hash])]
+        )
+        for answer in (tx, receipt):
+            # An error is not "unknown" nor "not mined": the document would call a mined payment pending.
+            if isinstance(answer, RpcError):
+                raise RpcUnavailable(f"{network.network}: {answer.message}")
         if not isinstance(tx, dict) or not tx.get("to"):
             return None
         transfers = transfers_in_transaction(
@@ -238,8 +248,10 @@ class ReceiptService:
         return doc
 
 
-async def _head(network: NetworkRuntime) -> int | None:
+async def _head(network: NetworkRuntime) -> int:
+    """The chain's head, for a confirmation count; RpcUnavailable rather than a count of 0 for a mined
+    payment."""
     try:
         return await network.eth.block_number()
-    except (RpcError, RpcUnavailable):
-        return None
+    except RpcError as exc:
+        raise RpcUnavailable(f"{network.network}: eth_blockNumber: {exc.message}") from exc

@@ -84,6 +84,12 @@ class Facilitator:
         for rt in self.networks.values():
             await self._check_chain_id(rt)
             rt.watcher.start()
+            # The first settlements are priced from this read; without it they ask for it themselves (and
+            # answer 503 while the chain is down), so a failure here does not stop start-up.
+            try:
+                await rt.fees.refresh()
+            except (RpcError, RpcUnavailable) as exc:
+                log.warning("fee_read_failed_at_start", network=rt.network, error=str(exc))
             for address in rt.signers.addresses:
                 with contextlib.suppress(RpcError, RpcUnavailable):
                     await self.ledger.sync_signer_nonce(
@@ -178,8 +184,12 @@ class Facilitator:
 
     async def receipt(self, tx_hash: str, nonce: str | None = None) -> dict[str, Any] | None:
         """The signed receipt of the payment `tx_hash` carries (the one with EIP-3009 `nonce` for a batch);
-        raises AmbiguousReceipt for a batch without a nonce."""
-        doc = await self.receipts.lookup(tx_hash, nonce)
+        raises AmbiguousReceipt for a batch without a nonce, and NetworkUnavailable when the chain could not
+        answer what the document would state."""
+        try:
+            doc = await self.receipts.lookup(tx_hash, nonce)
+        except RpcUnavailable as exc:
+            raise NetworkUnavailable(str(exc)) from None
         if doc is None:
             return None
         if self._receipt_key is None:

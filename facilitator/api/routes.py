@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.evm.address import is_address, normalize_address
 from shared.telemetry.metrics import metrics_endpoint
 from shared.x402 import reasons
 from shared.x402.models import SettleResponse, VerifyResponse, WireModel
@@ -51,12 +52,23 @@ async def _read_json(request: Request) -> Any:
         raise BadRequest("request body is not valid JSON") from None
 
 
+def payer_hint(body: Any) -> str:
+    """The payer a refusal names when the payment could not be read: the authorization's `from` when it is
+    an address, else "". v1 requires `payer` in every verify and settle answer; v2 takes a string too."""
+    payload = body.get("paymentPayload") if isinstance(body, dict) else None
+    scheme_payload = payload.get("payload") if isinstance(payload, dict) else None
+    authorization = scheme_payload.get("authorization") if isinstance(scheme_payload, dict) else None
+    sender = authorization.get("from") if isinstance(authorization, dict) else None
+    return normalize_address(sender) if isinstance(sender, str) and is_address(sender) else ""
+
+
 def _facilitator(request: Request) -> Facilitator:
     fac: Facilitator = request.app.state.facilitator
     return fac
 
 
 async def verify(request: Request) -> Response:
+    body: Any = None
     try:
         body = await _read_json(request)
         payment = parse_request(body)
@@ -66,7 +78,10 @@ async def verify(request: Request) -> Response:
     except Rejected as exc:
         return _wire(
             VerifyResponse(
-                is_valid=False, invalid_reason=exc.reason, invalid_message=exc.message, payer=exc.payer
+                is_valid=False,
+                invalid_reason=exc.reason,
+                invalid_message=exc.message,
+                payer=exc.payer or payer_hint(body),
             )
         )
     except NetworkUnavailable as exc:
@@ -87,7 +102,7 @@ async def settle(request: Request) -> Response:
                 success=False,
                 error_reason=exc.reason,
                 error_message=exc.message,
-                payer=exc.payer,
+                payer=exc.payer or payer_hint(body),
                 transaction="",
                 network=network_hint(body),
             )
@@ -123,7 +138,7 @@ async def receipt(request: Request) -> Response:
     except AmbiguousReceipt as exc:
         return _error(409, str(exc), nonces=exc.nonces)
     except NetworkUnavailable as exc:
-        return _error(503, str(exc))
+        return _error(503, f"chain unavailable: {exc}", reason=reasons.NETWORK_UNAVAILABLE)
     if doc is None:
         what = "with this hash" if nonce is None else "with this hash and nonce"
         return _error(404, f"no EIP-3009 transfer of a configured token {what}")

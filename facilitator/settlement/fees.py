@@ -4,7 +4,6 @@ settlement would add a round trip to the hot path."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from shared.rpc.errors import RpcError, RpcUnavailable
@@ -29,8 +28,11 @@ class FeeOracle:
         self._tip: int = 0
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        self._attempts = 0  # refreshes quote() finished: callers queued behind one do not repeat it
+        self._last_error: Exception | None = None
 
     async def refresh(self) -> None:
+        """Reads the base fee now; raises what the node raised."""
         base, tip = await self.eth.fee_history()
         self._base_fee, self._tip, self._fetched_at = base, tip, time.monotonic()
 
@@ -39,13 +41,28 @@ class FeeOracle:
         """The next block's base fee as of the last refresh (0 before any)."""
         return self._base_fee or 0
 
+    def _stale(self) -> bool:
+        return self._base_fee is None or time.monotonic() - self._fetched_at > self.refresh_seconds
+
     async def quote(self) -> FeeQuote:
-        if self._base_fee is None or time.monotonic() - self._fetched_at > self.refresh_seconds:
+        """Raises RpcUnavailable while no base fee was ever read: a fee cap of zero would be refused by the
+        node on every key. A refresh that fails later quotes from the last base fee read (a transaction
+        that falls behind the base fee is replaced by the reconciler)."""
+        if self._stale():
+            seen = self._attempts
             async with self._lock:
-                if self._base_fee is None or time.monotonic() - self._fetched_at > self.refresh_seconds:
-                    with contextlib.suppress(RpcError, RpcUnavailable):
+                # A refresh that failed while this caller waited is not tried again at once: callers queued
+                # behind a dead node would each wait out its timeout in turn.
+                if self._attempts == seen and self._stale():
+                    try:
                         await self.refresh()
-        base = self._base_fee or 0
+                    except (RpcError, RpcUnavailable) as exc:
+                        self._last_error = exc
+                    finally:
+                        self._attempts += 1  # counted when done: callers queued meanwhile see it change
+        if self._base_fee is None:
+            raise RpcUnavailable(f"no base fee read yet: {self._last_error}")
+        base = self._base_fee
         tip = min(self._tip, self.max_priority_fee)
         # Twice the base fee rides out six full blocks of base-fee growth before the tx stalls.
         max_fee = min(2 * base + tip, self.max_fee_cap)

@@ -6,8 +6,9 @@ each one from the chain:
 - submitted, not mined, still known to the node: broadcast the same bytes again and keep waiting.
 - submitted, unknown to the node, signer nonce not yet used: re-broadcast the stored bytes.
 - submitted, signer nonce consumed by another transaction (or no transaction left: every one was refused):
-  if the authorization is still unused, send a fresh transaction; if it is used, the transfer happened
-  elsewhere: fail as nonce used.
+  if the authorization is still unused, send a fresh transaction; if it is used and none of the row's own
+  transactions carried it, the transfer happened elsewhere: fail as nonce used.
+- a receipt lookup that errored defers the row: an error is not "not mined".
 - a transfer that failed inside a mined batch is resolved the same way (`resolve_missing_transfer`),
   except that it goes again alone.
 
@@ -99,7 +100,9 @@ async def _resolve_submitted(
     eth = network.eth
     txs = await service.ledger.transactions(row.id)
     if txs:
-        receipts = await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+        receipts = _receipts_or_raise(
+            await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+        )
         mined = [(tx, r) for tx, r in zip(txs, receipts, strict=True) if isinstance(r, dict)]
         current = txs[-1]
         deciding = deciding_receipt(row, mined, current)
@@ -124,7 +127,12 @@ async def _resolve_submitted(
     # None of our transactions can land any more (or none is stored: the node refused each one and the
     # process stopped before sending another).
     if await authorization_used(eth, row.key):
-        # None of our transactions mined, yet the authorization is spent: cancelled or settled elsewhere.
+        # Spent: by one of our transactions mined since its receipt was read (one replaced by a re-send
+        # that is gone now, say), else cancelled or settled elsewhere.
+        own = await _carrying_transaction(service, network, row)
+        if own is not None:
+            tx, receipt = own
+            return await service.finalize(row, receipt, tx.tx_hash, attempt=attempt, wait=wait)
         return await service.ledger.finish(
             row.id, Status.FAILED, error_reason=reasons.NONCE_ALREADY_USED, error_message=_USED_ELSEWHERE
         )
@@ -215,7 +223,9 @@ async def _carrying_transaction(
 ) -> tuple[StoredTransaction, dict[str, Any]] | None:
     """One of `row`'s stored transactions whose receipt shows its transfer."""
     txs = await service.ledger.transactions(row.id)
-    receipts = await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+    receipts = _receipts_or_raise(
+        await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+    )
     for tx, receipt in zip(txs, receipts, strict=True):
         if (
             isinstance(receipt, dict)
@@ -224,6 +234,15 @@ async def _carrying_transaction(
         ):
             return tx, receipt
     return None
+
+
+def _receipts_or_raise(answers: list[Any]) -> list[Any]:
+    """A batch of receipt lookups, or the first error in it: an error is not "not mined", and a row read as
+    unmined may be failed or paid again."""
+    for answer in answers:
+        if isinstance(answer, RpcError):
+            raise answer
+    return answers
 
 
 async def _speed_up(

@@ -1,5 +1,7 @@
 """Configuration paths an operator relies on to keep keys out of files and still tune one network."""
 
+from pathlib import Path
+
 import pytest
 
 from facilitator.config import FacilitatorSettings, NetworkSettings
@@ -39,3 +41,18 @@ def test_network_options_cannot_be_malformed(monkeypatch):
     monkeypatch.setenv("X402_NETWORK_OPTIONS", '{"receipt_timeout_seconds": "soon"}')
     with pytest.raises(ValueError, match="receipt_timeout_seconds"):
         FacilitatorSettings()
+
+
+def test_the_example_file_loads_and_an_old_confirmations_key_is_ignored(monkeypatch):
+    # Rows are confirmed on their first receipt: `confirmations` was never read and is no longer a setting,
+    # and a file written when it was one must still load.
+    example = Path(__file__).parents[2] / "deploy" / "facilitator.example.toml"
+    monkeypatch.setenv("X402_CONFIG_FILE", str(example))
+    monkeypatch.delenv("X402_NETWORK", raising=False)
+    settings = FacilitatorSettings()
+    assert [n.network for n in settings.networks] == ["eip155:8453", "eip155:84532"]
+    assert "confirmations" not in NetworkSettings.model_fields
+    old = NetworkSettings.model_validate(
+        {"network": "eip155:8453", "rpc_urls": ["https://rpc.invalid"], "confirmations": 3}
+    )
+    assert "confirmations" not in old.model_dump()
