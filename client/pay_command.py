@@ -150,10 +150,12 @@ def plan(
     headers = dict(args.header or [])
     if args.data is not None and not any(k.lower() == "content-type" for k in headers):
         headers["Content-Type"] = "application/json"
+    # `is None`, not `or`: --max-amount 0 is a limit (pay nothing), not a missing one.
+    max_usd = DEFAULT_MAX_USD if args.max_amount is None else args.max_amount
     try:
         policy = SpendingPolicy(
             max_atomic=args.max_atomic,
-            max_usd=None if args.max_atomic is not None else (args.max_amount or DEFAULT_MAX_USD),
+            max_usd=None if args.max_atomic is not None else max_usd,
             networks=frozenset(args.network) if args.network else None,
             assets=frozenset(args.asset) if args.asset else None,
         )

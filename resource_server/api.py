@@ -4,9 +4,7 @@ payment requirements for given parameters, without doing the work), GET /audit (
 from __future__ import annotations
 
 import hmac
-import json
 import re
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -25,6 +23,7 @@ from .pricing.engine import PricingError, quote
 from .pricing.model import AcceptOption, PriceRule, Route
 from .pricing.money import format_decimal
 from .pricing.params import ParamError, ParamSource, validate_params
+from .request_params import loads_decimal
 from .runtime import Runtime
 
 API_PATHS = frozenset({"/pricing", "/quote", "/audit", "/health"})
@@ -138,8 +137,8 @@ async def quote_endpoint(request: Request) -> Response:
     if body is None:
         return _error(413, reasons.BODY_TOO_LARGE, f"the quote request exceeds {MAX_QUOTE_BODY} bytes")
     try:
-        data = json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError):
+        data = loads_decimal(body)
+    except ValueError:
         return _error(400, reasons.INVALID_REQUEST, "the body must be JSON: {method, path, params}")
     if not isinstance(data, dict):
         return _error(400, reasons.INVALID_REQUEST, "the body must be a JSON object: {method, path, params}")

@@ -16,15 +16,17 @@ from starlette.types import Receive, Scope, Send
 
 from shared.telemetry.metrics import metrics_endpoint
 
+from . import reasons
 from .api import API_PATHS
 from .api import ROUTES as API_ROUTES
 from .challenges.store import ChallengeStore
 from .config import ResourceServerSettings
 from .demo import DEMO_ROUTES
 from .facilitator_client import FacilitatorClient
-from .gateway import ProxyApp
+from .gateway import PathRejected, ProxyApp, normalized_scope
 from .middleware import Mode, PaymentMiddleware
 from .pricing.model import PricingConfig
+from .responses import send_error
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -135,6 +137,13 @@ class GatewayApp:
         self.state = api.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            # Once, before anything reads the path: priced, routed and forwarded as the same path.
+            try:
+                scope = normalized_scope(scope)
+            except PathRejected as exc:
+                await send_error(send, 400, reasons.INVALID_PATH, str(exc))
+                return
         if scope["type"] == "lifespan" or (scope["type"] == "http" and scope["path"] in OWN_PATHS):
             await self.api(scope, receive, send)
         elif scope["type"] == "http":

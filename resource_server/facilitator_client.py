@@ -3,8 +3,11 @@
 A URL is skipped for the next one on a connection error, a timeout or a 5xx. When every URL fails the call
 raises FacilitatorUnavailable, which says whether the request may have reached a facilitator (a timeout or
 a 5xx after sending) or certainly did not (every connection refused): only in the second case is it known
-that nothing was settled. An answer that is not a VerifyResponse / SettleResponse raises
-FacilitatorBadResponse.
+that nothing was settled. A /settle that may have reached a facilitator is not sent to the next one: if the
+first broadcast it, the next would answer that the authorization is used, and the payment would be recorded
+failed while the payer was charged. It raises FacilitatorUnavailable (maybe delivered) at once, and the
+payment waits for the reconciler to ask again. An answer that is not a VerifyResponse / SettleResponse
+raises FacilitatorBadResponse.
 
 aiohttp rather than httpx: two calls per paid request, and per call httpx cost the resource server several
 times the CPU (measured ~1.1-2.8 ms against ~0.15-0.3 ms of client CPU per call, at 1 and 32 in flight)."""
@@ -160,19 +163,20 @@ class FacilitatorClient:
                 continue
             except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
                 unavailable.failures.append(f"{url}: timed out ({type(exc).__name__})")
-                unavailable.maybe_delivered = True
-                continue
             except aiohttp.ClientError as exc:
                 unavailable.failures.append(f"{url}: {type(exc).__name__}: {exc}")
-                unavailable.maybe_delivered = True
-                continue
-            if status >= 500:
+            else:
+                if status < 500:
+                    if unavailable.failures:
+                        log.warning(
+                            "facilitator_failover", path=path, answered=base, skipped=unavailable.failures
+                        )
+                    return _parse(status, content, model, url)
                 unavailable.failures.append(f"{url}: HTTP {status} {_snippet(content)}")
-                unavailable.maybe_delivered = True
-                continue
-            if unavailable.failures:
-                log.warning("facilitator_failover", path=path, answered=base, skipped=unavailable.failures)
-            return _parse(status, content, model, url)
+            # Sent, maybe received: a verify may go elsewhere, a settle must not (see the docstring).
+            unavailable.maybe_delivered = True
+            if path == "/settle":
+                break
         raise unavailable
 
 

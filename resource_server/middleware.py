@@ -49,6 +49,7 @@ from .paywall import (
     Replayed,
     Settlement,
     SettleOutcome,
+    SettleUnrecorded,
     StorageUnavailable,
 )
 from .priced_endpoints import EndpointAnswer, PaymentHold, PricedEndpoint, attach_hold
@@ -407,9 +408,17 @@ class PaymentMiddleware:
         except FacilitatorUnavailable as exc:
             await _facilitator_down(send, exc)
             return None
-        except FacilitatorBadResponse as exc:
-            await _facilitator_bad(send, exc)
-            return None
+        except SettleUnrecorded as exc:
+            # Charged (or maybe): the response is owed. The challenge stays verified; the reconciler settles
+            # it again, which answers with this settlement and records it (the nonce moves money once).
+            log.error(
+                "settlement_unrecorded",
+                challenge_id=auth.challenge_id,
+                outcome=exc.outcome.result.value,
+                transaction=exc.outcome.answer.transaction,
+                error=str(exc),
+            )
+            return exc.outcome
         if outcome.result is Settlement.FAILED:
             challenge = await self.paywall.issue(auth.priced)
             header = auth.attempt.response_header.lower().encode()

@@ -53,6 +53,16 @@ class StorageUnavailable(Exception):
     """The database could not be used: HTTP 503, nothing decided."""
 
 
+class SettleUnrecorded(StorageUnavailable):
+    """The facilitator settled the payment (or may have: pending) and the database did not take the outcome.
+    The request is to be served with `outcome`: the payer is charged. The challenge stays `verified`, so the
+    reconciler settles it again (a repeat gets the first settlement's outcome) and records that."""
+
+    def __init__(self, outcome: SettleOutcome, error: str) -> None:
+        super().__init__(error)
+        self.outcome = outcome
+
+
 @dataclass(frozen=True, slots=True)
 class PricedRequest:
     route: Route
@@ -374,9 +384,11 @@ class Paywall:
         release_unsent: bool = True,
         context: Mapping[str, Any] | None = None,
     ) -> SettleOutcome:
-        """Raises FacilitatorUnavailable (only when certainly nothing was sent) and FacilitatorBadResponse.
-        With ``release_unsent`` (a request waiting for its answer) the payment is then released; without
-        (deferred settlement, retried later) it stays verified. ``context`` joins the audit details."""
+        """Raises FacilitatorUnavailable (only when certainly nothing was sent; with ``release_unsent``, a
+        request waiting for its answer, the payment is then released, without it stays verified), and
+        SettleUnrecorded when the database did not take a settled or pending outcome. A settle that may have
+        been received (no answer, or one that is no settle answer) is recorded pending. ``context`` joins
+        the audit details."""
         held = _held(payment)
         cid, extra = held.challenge_id, dict(context or {})
         try:
@@ -391,37 +403,55 @@ class Paywall:
                     )
                 raise
             # A facilitator may have broadcast it: serve, and let the reconciler ask again until it knows.
-            answer = SettleResponse(
-                success=False,
-                error_reason=fac_reasons.SETTLEMENT_PENDING,
-                error_message="the facilitator's answer was lost; the payment is being reconciled",
-                transaction="",
-                network=held.network,
-                payer=held.payer,
-            )
-            await self._move(
-                cid,
-                ChallengeStatus.SETTLEMENT_PENDING,
-                "settle_unanswered",
-                {"failures": exc.failures, **extra},
-            )
-            return SettleOutcome(Settlement.PENDING, answer)
+            detail: dict[str, Any] = {"failures": exc.failures}
         except FacilitatorBadResponse as exc:
-            if release_unsent:
-                await self.release(
-                    held, reason=reasons.FACILITATOR_BAD_RESPONSE, detail={"error": str(exc), **extra}
-                )
-            raise
-        move = move_for(answer)
-        await self._move(
-            cid,
-            move.status,
-            move.event,
-            {"facilitator": answer.to_wire(), **extra},
-            tx_hash=answer.transaction,
-            error_reason=move.error_reason,
+            # The facilitator received it and answered something else than a settle answer: it may have
+            # broadcast it all the same, so it is not released (the payer could be charged for nothing).
+            detail = {"error": str(exc)}
+        else:
+            move = move_for(answer)
+            outcome = SettleOutcome(_OUTCOMES[move.status], answer)
+            await self._record_settle(
+                outcome,
+                cid,
+                move.status,
+                move.event,
+                {"facilitator": answer.to_wire(), **extra},
+                tx_hash=answer.transaction,
+                error_reason=move.error_reason,
+            )
+            return outcome
+        lost = SettleResponse(
+            success=False,
+            error_reason=fac_reasons.SETTLEMENT_PENDING,
+            error_message="the facilitator's answer was lost; the payment is being reconciled",
+            transaction="",
+            network=held.network,
+            payer=held.payer,
         )
-        return SettleOutcome(_OUTCOMES[move.status], answer)
+        outcome = SettleOutcome(Settlement.PENDING, lost)
+        await self._record_settle(
+            outcome, cid, ChallengeStatus.SETTLEMENT_PENDING, "settle_unanswered", {**detail, **extra}
+        )
+        return outcome
+
+    async def _record_settle(
+        self,
+        outcome: SettleOutcome,
+        challenge_id: str,
+        new: ChallengeStatus,
+        event: str,
+        detail: Mapping[str, Any],
+        *,
+        tx_hash: str | None = None,
+        error_reason: str | None = None,
+    ) -> None:
+        try:
+            await self._move(challenge_id, new, event, detail, tx_hash=tx_hash, error_reason=error_reason)
+        except StorageUnavailable as exc:
+            if outcome.result is Settlement.FAILED:
+                raise  # nothing was charged: a plain storage failure
+            raise SettleUnrecorded(outcome, str(exc)) from exc
 
     async def release(
         self, payment: Authorized | HeldPayment, *, reason: str, detail: dict[str, object] | None = None

@@ -23,6 +23,8 @@ ABANDONED_UNSETTLED: Final = "abandoned_unsettled"
 INVALID_PAYMENT_HEADER: Final = "invalid_payment_header"
 INVALID_PARAMS: Final = "invalid_params"
 INVALID_REQUEST: Final = "invalid_request"
+# Gateway: a path the upstream could read as another one than was priced (see gateway.normalize_path).
+INVALID_PATH: Final = "invalid_path"
 BODY_TOO_LARGE: Final = "body_too_large"
 UNPRICEABLE: Final = "unpriceable"
 NO_PRICED_ROUTE: Final = "no_priced_route"

@@ -175,7 +175,7 @@ class JobPayments:
             failure = SettleUnresolved if sent else SettleNotSent
             raise failure(f"job {job.id}: {exc}") from exc
         except Exception as exc:
-            # An answer that is no answer, or one the database did not take: the settle was sent.
+            # An outcome the database did not take (or anything else raised by then): the settle was sent.
             raise SettleUnresolved(f"job {job.id}: {type(exc).__name__}: {exc}") from exc
 
     async def _copy(self, job: JobRecord, state: PaymentState) -> None:

@@ -97,7 +97,9 @@ def quote(route: Route, params: Mapping[str, ParamValue]) -> Quote:
         with exact():
             running = rule.base
             for factor in rule.factors:
-                value = params[factor.param]
+                value = params.get(factor.param)
+                if value is None:  # the loader refuses such rules; one built in code may not be checked
+                    raise PricingError(f"no value for {factor.param}, which the price is multiplied by")
                 if factor.table is not None:
                     multiplier = factor.table[str(value).lower() if isinstance(value, bool) else str(value)]
                 else:

@@ -1,8 +1,9 @@
 """The pricing TOML file (see examples/pricing.toml) read into a checked `PricingConfig`.
 
 The file is validated as a whole at start-up: an unknown key, a token a route cannot be paid in, a dollar
-price on a non-dollar token or a factor naming an undeclared parameter is an error naming its place, never
-a surprise at request time."""
+price on a non-dollar token, a token-unit price on tokens of different decimals or a factor naming an
+undeclared (or optional, default-less) parameter is an error naming its place, never a surprise at request
+time."""
 
 from __future__ import annotations
 
@@ -195,6 +196,15 @@ def _route(
                 f"{where}: the price is in {price.unit} units but the route accepts "
                 f"{option.token.symbol} on {option.token.network}"
             )
+    decimals = {o.token.decimals for o in accepts}
+    if not price.is_usd and len(decimals) > 1:
+        # The same atomic amount is charged in each token: one symbol with several decimals (USDC with 6
+        # on one chain, 18 on another) would cost a trillionth as much in one of them.
+        listed = ", ".join(f"{o.token.network} ({o.token.decimals})" for o in accepts)
+        raise PricingConfigError(
+            f"{where}: a price in {price.unit} units is charged unchanged in every accepted token, but they "
+            f"have different decimals: {listed}; price it in dollars or give each its own route"
+        )
     return Route(
         method=method,
         pattern=pattern,
@@ -324,6 +334,9 @@ def _factor(f: FactorSchema, params: dict[str, ParamSpec], *, where: str) -> Fac
     spec = params.get(f.param)
     if spec is None:
         raise PricingConfigError(f"{where}: parameter {f.param!r} is not declared under params")
+    if not spec.required and spec.default is None:
+        # A request without it would have nothing to multiply by.
+        raise PricingConfigError(f"{where}: {f.param} is optional with no default; a factor needs a value")
     if f.table is None:
         if spec.type not in (ParamType.INTEGER, ParamType.NUMBER):
             raise PricingConfigError(f"{where}: {f.param} is not numeric, so it needs a table")

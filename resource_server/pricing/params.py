@@ -18,6 +18,9 @@ from .money import format_decimal
 
 _INTEGER = re.compile(r"-?[0-9]{1,30}")
 _NUMBER = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?")
+# Integers are hashed as JSON numbers (orjson: 64 bits at most) and stored as such; beyond that the request
+# is refused as a bad parameter, not failed in the hash.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 DEFAULT_MAX_LENGTH = 256
@@ -108,23 +111,33 @@ def _integer(spec: ParamSpec, value: object) -> int:
     if isinstance(value, bool):
         raise ParamError(spec.name, "must be an integer; got a boolean")
     if isinstance(value, int):
-        return value
-    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
-        return int(value)
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value.strip())
-    raise ParamError(spec.name, f"must be an integer; got {_show(value)}")
+        result = value
+    elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        if not _INT_MIN <= value <= _INT_MAX:  # before int(): 1e999999999 would take minutes to convert
+            raise ParamError(spec.name, f"must be a 64-bit integer, between {_INT_MIN} and {_INT_MAX}")
+        result = int(value)
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        result = int(value.strip())
+    else:
+        raise ParamError(spec.name, f"must be an integer; got {_show(value)}")
+    if not _INT_MIN <= result <= _INT_MAX:
+        raise ParamError(spec.name, f"must be a 64-bit integer, between {_INT_MIN} and {_INT_MAX}")
+    return result
 
 
 def _number(spec: ParamSpec, value: object) -> Decimal:
     if isinstance(value, bool):
         raise ParamError(spec.name, "must be a number; got a boolean")
-    if isinstance(value, int):
-        return Decimal(value)
-    if isinstance(value, Decimal) and value.is_finite():
-        return value
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         return Decimal(value.strip())
+    if isinstance(value, int):
+        value = Decimal(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        # JSON numbers held to the digits a string may have: 1e999999999 would take minutes to write out.
+        exponent = value.as_tuple().exponent
+        if value and (value.adjusted() >= 30 or (isinstance(exponent, int) and exponent < -30)):
+            raise ParamError(spec.name, "must have at most 30 digits before and 30 after the decimal point")
+        return value
     raise ParamError(spec.name, f"must be a decimal number like 1.5; got {_show(value)}")
 
 

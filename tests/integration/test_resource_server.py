@@ -345,6 +345,27 @@ async def test_pricing_lists_routes_and_quote_refuses_bad_input(rs, pay_to):
     assert (await rs.get("/items/0")).status_code == 400
 
 
+async def test_ambiguous_or_malformed_parameters_are_400_not_500(rs):
+    # A key given twice: the handler could read another value than the one priced.
+    twice = await rs.post(
+        "/render", content=b'{"duration": 1, "duration": 600}', headers={"content-type": "application/json"}
+    )
+    assert (twice.status_code, twice.json()["error"], twice.json()["param"]) == (
+        400,
+        "invalid_params",
+        "duration",
+    )
+    # An integer beyond 64 bits on a route without a maximum: refused, not failed while hashing it.
+    huge = await rs.get("/items/99999999999999999999")
+    assert (huge.status_code, huge.json()["error"], huge.json()["param"]) == (400, "invalid_params", "id")
+    # Nested deeper than the recursion limit (the /quote body is limited to 64 KiB).
+    for deep in (b"[" * 60_000, b'{"a":' * 12_000):
+        response = await rs.post("/render", content=deep, headers={"content-type": "application/json"})
+        assert (response.status_code, response.json()["error"]) == (400, "invalid_params")
+        quoted = await rs.post("/quote", content=deep)
+        assert (quoted.status_code, quoted.json()["error"]) == (400, "invalid_request")
+
+
 async def test_expired_challenge_gets_a_fresh_one(
     dev_chain, start_resource_server, facilitator, payer, pay_to
 ):
@@ -517,6 +538,97 @@ async def test_malformed_facilitator_answer_is_502(dev_chain, start_resource_ser
     finally:
         await fake.stop()
     assert dev_chain.balance_of(payer.address) == FUNDS
+
+
+class FlakyFront:
+    """A facilitator URL in front of the real one: everything is passed on, but the first settle's answer is
+    replaced by `first_settle` (after the real facilitator has settled it)."""
+
+    def __init__(self, target: str, first_settle: Response) -> None:
+        self.target = target
+        self.first_settle: Response | None = first_settle
+        self.http = httpx.AsyncClient(timeout=60.0)
+
+    async def forward(self, request: Request) -> Response:
+        answer = await self.http.post(
+            self.target + request.url.path,
+            content=await request.body(),
+            headers={"authorization": request.headers["authorization"], "content-type": "application/json"},
+        )
+        if request.url.path == "/settle" and self.first_settle is not None:
+            replaced, self.first_settle = self.first_settle, None
+            return replaced
+        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+
+    def app(self) -> Any:
+        from starlette.applications import Starlette
+
+        paths = ("/verify", "/settle")
+        return Starlette(routes=[Route(p, self.forward, methods=["POST"]) for p in paths])
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        Response(b"upstream timed out", status_code=504),  # maybe delivered
+        JSONResponse({"success": "perhaps"}),  # a garbled answer: the facilitator did receive it
+    ],
+    ids=["5xx", "garbled"],
+)
+async def test_a_settle_that_may_have_gone_out_is_served_pending_and_reconciled_never_failed(
+    dev_chain, start_resource_server, facilitator, payer, pay_to, lost
+):
+    from starlette.applications import Starlette
+
+    from tests.fixtures.resource_server import serve_asgi
+
+    asked_elsewhere: list[str] = []
+
+    async def other(request: Request) -> Response:
+        # Another facilitator finds the authorization used by the first one's transfer.
+        asked_elsewhere.append(request.url.path)
+        return JSONResponse(
+            {
+                "success": False,
+                "errorReason": reasons.NONCE_ALREADY_USED,
+                "transaction": "",
+                "network": NETWORK,
+            }
+        )
+
+    front = FlakyFront(facilitator.url, lost)
+    served_front = await serve_asgi(front.app(), lifespan="off")
+    second = await serve_asgi(Starlette(routes=[Route("/settle", other, methods=["POST"])]), lifespan="off")
+    try:
+        rs = await start_resource_server(
+            pricing_toml(pay_to), facilitator_urls=[served_front.url, second.url], handlers=HANDLERS
+        )
+        v2, _ = challenge_of(await rs.get("/weather"))
+        payment = v2_header(payer, v2.accepts[0])
+        response = await rs.get("/weather", headers=payment)
+
+        # Charged on-chain, so served; the outcome is left to the reconciler, never to another facilitator.
+        assert response.status_code == 200, response.text
+        pending = settlement(response)
+        assert (pending.success, pending.error_reason) == (False, "settlement_pending")
+        assert authorization_used(dev_chain, payment["PAYMENT-SIGNATURE"])
+        assert asked_elsewhere == []
+        challenge_id = v2.accepts[0].extra["challengeId"]  # type: ignore[index]
+        for _ in range(100):
+            row = await challenge_row(rs, challenge_id)
+            if row["status"] != "settlement_pending":
+                break
+            await asyncio.sleep(0.1)
+        assert row["status"] == "settled", row
+        assert row["tx_hash"] and row["tx_hash"].startswith("0x")
+        events = [e.event for e in await rs.runtime.store.audit(challenge_id=challenge_id)]
+        assert events == ["payment_received", "verified", "settle_unanswered", "settled"], events
+    finally:
+        await second.stop()
+        await served_front.stop()
+        await front.http.aclose()
+    assert dev_chain.balance_of(pay_to) == WEATHER_PRICE
+    assert dev_chain.balance_of(payer.address) == FUNDS - WEATHER_PRICE
 
 
 async def test_malformed_or_oversized_payment_headers_are_400(rs, payer):

@@ -29,6 +29,7 @@ from resource_server.facilitator_client import FacilitatorClient
 from resource_server.pricing.model import PricingConfig
 from resource_server.reasons import ABANDONED_UNSETTLED
 from resource_server.reconciler import RecoverableRoutes, SettlementReconciler
+from shared.x402.codec import decode_model_header
 from shared.x402.models import SettleResponse
 from tests.fixtures.facilitator import RunningFacilitator
 from tests.fixtures.resource_server import RunningResourceServer, StartResourceServer, pricing_defaults
@@ -224,6 +225,55 @@ async def test_abandoned_before_policy_claims_are_settled_again(
     # Each authorization moved money once, the one settled twice included.
     assert dev_chain.balance_of(payer.address) == FUNDS - 2 * ITEM_PRICE
     assert dev_chain.balance_of(pay_to) == 2 * ITEM_PRICE
+
+
+def lose_next_transition(monkeypatch: pytest.MonkeyPatch, store: ChallengeStore) -> list[str]:
+    """The database connection drops on the next state change (the one after settling); later ones pass."""
+    real = store.transition
+    lost: list[str] = []
+
+    async def transition(challenge_id: str, *args: Any, **kwargs: Any) -> bool:
+        if not lost:
+            lost.append(challenge_id)
+            raise OSError("connection to the database lost")
+        return await real(challenge_id, *args, **kwargs)
+
+    monkeypatch.setattr(store, "transition", transition)
+    return lost
+
+
+async def test_a_settlement_the_database_did_not_take_is_served_and_recorded_later(
+    dev_chain, start_resource_server, facilitator, payer, pay_to, monkeypatch
+):
+    rs = await start(start_resource_server, facilitator, pay_to)
+    answers: dict[str, tuple[str, SettleResponse]] = {}
+    for path in ("/weather", "/items/7"):  # settled after the handler, and before it
+        v2, _ = challenge_of(await rs.get(path))
+        payment = v2_header(payer, v2.accepts[0])
+        challenge_id = v2.accepts[0].extra["challengeId"]  # type: ignore[index]
+        lost = lose_next_transition(monkeypatch, rs.runtime.store)
+        response = await rs.get(path, headers=payment)
+        assert lost == [challenge_id]
+        # Settled on-chain: the payer gets what they paid for, with its receipt; not a 503 "nothing charged".
+        assert response.status_code == 200, response.text
+        settled = decode_model_header(response.headers["payment-response"], SettleResponse)
+        assert settled.success and settled.transaction.startswith("0x")
+        assert authorization_used(dev_chain, payment["PAYMENT-SIGNATURE"])
+        # Left verified, as an abandoned claim whose settle went out: the reconciler settles it again.
+        assert await status(rs, challenge_id) == "verified"
+        answers[path] = (challenge_id, settled)
+        monkeypatch.undo()
+
+    assert await wait_status(rs, answers["/items/7"][0], within=10) == "settled"
+    assert await wait_status(rs, answers["/weather"][0], within=SHORT_WINDOW + 10) == "settled"
+    for challenge_id, settled in answers.values():
+        row = await rs.runtime.store.pool.fetchrow("SELECT * FROM rs_challenges WHERE id = $1", challenge_id)
+        assert row["tx_hash"] == settled.transaction  # the repeat answered with the first settlement
+        trail = await rs.runtime.store.audit(challenge_id=challenge_id)
+        assert [e.event for e in trail] == ["payment_received", "verified", "settled"]
+    # Each authorization moved money once.
+    assert dev_chain.balance_of(payer.address) == FUNDS - PRICE - ITEM_PRICE
+    assert dev_chain.balance_of(pay_to) == PRICE + ITEM_PRICE
 
 
 # -- ownership and leases, on the store alone --------------------------------------------------------------

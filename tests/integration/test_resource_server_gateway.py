@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -229,3 +230,81 @@ async def test_unreachable_upstream_is_502_and_uncharged(
     assert dev_chain.balance_of(payer.address) == FUNDS
     with pytest.raises(httpx.HTTPStatusError):
         response.raise_for_status()
+
+
+# -- paths: priced as forwarded --------------------------------------------------------------------------
+
+
+async def raw_request(url: str, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One request sent as written: HTTP clients resolve `..` themselves before anything is sent."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    head = f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: {len(body)}\r\n"
+    writer.write(head.encode() + b"Content-Type: text/plain\r\nConnection: close\r\n\r\n" + body)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split(b" ")[1]), rest
+
+
+async def test_dot_segments_cannot_reach_a_priced_route_unpaid(dev_chain, gateway, upstream, payer, pay_to):
+    up, _ = upstream
+    # Priced on the path the upstream gets: /free/../echo is /echo, which costs.
+    status, rest = await raw_request(gateway.url, "POST", "/free/../echo", b"hello")
+    assert status == 402, rest
+    assert b"payment-required:" in rest.lower()
+    status, rest = await raw_request(gateway.url, "POST", "/free/./..//echo", b"hello")
+    assert status == 402, rest
+    for target in ("/../echo", "/free/%2e%2e/echo", "/free/..%2Fecho", "/free\\..\\echo"):
+        status, rest = await raw_request(gateway.url, "POST", target, b"hello")
+        assert status == 400 and b'"error":"invalid_path"' in rest, (target, rest)
+    assert up.seen_headers == {}  # nothing reached the upstream
+    # A payment for /echo is good for the same path however it is spelled, and charged once.
+    headers = await pay_header(gateway, payer, "POST", "/echo")
+    response = await gateway.post("/free/../echo", content=b"paid", headers=headers)
+    assert (response.status_code, response.content) == (200, b"paid")
+    assert dev_chain.balance_of(pay_to) == PRICE
+
+
+async def test_the_gateway_says_where_the_request_came_from(dev_chain, gateway, upstream, payer, pay_to):
+    up, _ = upstream
+    headers = await pay_header(gateway, payer, "POST", "/echo")
+    # X-Forwarded-For/-Proto of an untrusted client never reach the scope (uvicorn honours them from trusted
+    # proxies only, 127.0.0.1 here, which this test client is): the rest is the gateway's to drop.
+    spoofed = {
+        "x-forwarded-host": "trusted.internal",
+        "forwarded": "for=10.9.9.9;proto=https",
+        "x-real-ip": "10.9.9.9",
+        "cookie": "session=abc",
+    }
+    response = await gateway.post("/echo", content=b"x", headers={**headers, **spoofed})
+    assert response.status_code == 200, response.text
+    seen = up.seen_headers
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == gateway.url.removeprefix("http://")
+    assert "forwarded" not in seen and "x-real-ip" not in seen
+    assert seen["cookie"] == "session=abc"  # an upstream API may need its cookies
+    for payment_header in ("payment-signature", "x-payment"):
+        assert payment_header not in seen
+    assert dev_chain.balance_of(pay_to) == PRICE
+
+
+async def test_a_settlement_the_database_did_not_take_still_streams_the_answer(
+    dev_chain, gateway, payer, pay_to, monkeypatch
+):
+    headers = await pay_header(gateway, payer, "POST", "/echo")
+    store = gateway.runtime.store
+
+    async def lost(*args: object, **kwargs: object) -> bool:
+        raise OSError("connection to the database lost")
+
+    monkeypatch.setattr(store, "transition", lost)
+    response = await gateway.post("/echo", content=b"paid for", headers=headers)
+    # Charged on-chain: served with its receipt, the challenge left verified for the reconciler.
+    assert (response.status_code, response.content) == (200, b"paid for")
+    assert decode_model_header(response.headers["payment-response"], SettleResponse).success
+    assert dev_chain.balance_of(pay_to) == PRICE
+    statuses = await store.pool.fetch("SELECT status FROM rs_challenges WHERE status <> 'issued'")
+    assert [r["status"] for r in statuses] == ["verified"]

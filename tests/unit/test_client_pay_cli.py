@@ -528,3 +528,17 @@ def test_verify_receipt_of_a_pending_settlement_still_fails_what_is_wrong(
     assert error["code"] == "receipt_not_verified"
     assert error["message"].startswith("receipt NOT verified: ") and problem in error["message"]
     assert "not confirmed yet" not in error["message"]
+
+
+def test_max_amount_zero_is_a_limit_not_the_default(capsys, monkeypatch):
+    # The challenge asks $0.01, below the default limit ($0.10): --max-amount 0 must still refuse it.
+    seen = serve_paid(monkeypatch, DEFERRED)
+    code, out, err = pay_generate(capsys, monkeypatch, "--max-amount", "0")
+    assert code == 1, (out, err)
+    assert [r for r in seen if "payment-signature" in r.headers] == []
+    assert len(seen) == 1
+    # Without the flag the default limit applies and the same challenge is paid.
+    seen = serve_paid(monkeypatch, DEFERRED)
+    code, out, err = pay_generate(capsys, monkeypatch)
+    assert code == 0, (out, err)
+    assert "payment-signature" in seen[-1].headers

@@ -301,15 +301,23 @@ def test_gateway_header_filters():
         (b"X-Private", b"hop"),
         (b"Transfer-Encoding", b"chunked"),
         (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"X-Forwarded-Host", b"trusted.internal"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"Forwarded", b"for=10.0.0.1"),
+        (b"X-Real-IP", b"10.0.0.1"),
         (b"Accept", b"*/*"),
+        (b"Cookie", b"session=abc"),
     ]
     out = dict(
         upstream_request_headers(incoming, client="192.0.2.7", scheme="https", forward_authorization=False)
     )
+    # Where the request came from is said by the connection (uvicorn resolves trusted proxies into it),
+    # never by the client's own X-Forwarded-*; cookies are the upstream's business and pass.
     assert out == {
         "content-type": "application/json",
         "accept": "*/*",
-        "x-forwarded-for": "10.0.0.1, 192.0.2.7",
+        "cookie": "session=abc",
+        "x-forwarded-for": "192.0.2.7",
         "x-forwarded-proto": "https",
         "x-forwarded-host": "gateway.example",
     }
@@ -411,11 +419,17 @@ async def test_unavailable_says_whether_anything_may_have_been_sent():
 
     async with facilitators({"/slow": slow, "/cut": cut, "/busy": answer(502, b"bad gateway")}) as url:
         for sent in ("/slow", "/cut", "/busy"):
-            client = FacilitatorClient([url(sent), dead_url()], settle_timeout=0.3)
+            client = FacilitatorClient([url(sent), dead_url()], timeout=0.3, settle_timeout=0.3)
+            with pytest.raises(FacilitatorUnavailable) as err:
+                await client.verify({"x402Version": 2}, {})
+            assert err.value.maybe_delivered, sent
+            assert len(err.value.failures) == 2 and "cannot connect" in err.value.failures[1]
+            # A settle that may have been received goes nowhere else: a second facilitator would find the
+            # authorization used by the first one's transfer and answer a failure for a charged payment.
             with pytest.raises(FacilitatorUnavailable) as err:
                 await client.settle({"x402Version": 2}, {})
             assert err.value.maybe_delivered, sent
-            assert len(err.value.failures) == 2 and "cannot connect" in err.value.failures[1]
+            assert len(err.value.failures) == 1 and err.value.failures[0].startswith(url(sent)), sent
             await client.aclose()
 
 

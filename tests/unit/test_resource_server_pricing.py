@@ -298,3 +298,53 @@ def test_dollar_prices_need_usd_tokens_and_payees_are_required():
                 '[defaults]\naccepts = [{ network = "eip155:84532" }]\n[[routes]]\npath = "/x"\nprice = "$1"'
             )
         )
+
+
+def test_token_unit_prices_need_tokens_of_one_scale():
+    # A token named USDC with 18 decimals next to the built-in 6-decimal USDC: 2500 atomic units would be
+    # $0.0025 in one and a fraction of a billionth of a cent in the other.
+    usdc18 = (
+        '[[tokens]]\nsymbol = "USDC"\nnetwork = "eip155:1"\n'
+        'address = "0x00000000000000000000000000000000000000aa"\nname = "USD Coin"\nversion = "2"\n'
+        "decimals = 18\nusd = true\n"
+    )
+    both = '[{ network = "eip155:84532", token = "USDC" }, { network = "eip155:1", token = "USDC" }]'
+    with pytest.raises(PricingConfigError, match="different decimals") as err:
+        config(
+            '[[routes]]\npath = "/x"\nprice = { atomic = "2500", token = "USDC" }', accepts=both, extra=usdc18
+        )
+    assert "routes[0]" in str(err.value) and "eip155:1 (18)" in str(err.value)
+    # A dollar price converts into each token's own units; one scale alone is unambiguous.
+    dollars = config('[[routes]]\npath = "/x"\nprice = "$0.0025"', accepts=both, extra=usdc18).routes[0]
+    assert [a.atomic for a in quote(dollars, {}).amounts] == [2500, 2_500_000_000_000_000]
+    alone = config(
+        '[[routes]]\npath = "/x"\nprice = { atomic = "2500", token = "USDC" }',
+        accepts='[{ network = "eip155:1", token = "USDC" }]',
+        extra=usdc18,
+    ).routes[0]
+    assert quote(alone, {}).amounts[0].atomic == 2500
+    two_chains = '[{ network = "eip155:84532", token = "USDC" }, { network = "eip155:8453", token = "USDC" }]'
+    same = config('[[routes]]\npath = "/x"\nprice = { atomic = "2500", token = "USDC" }', accepts=two_chains)
+    assert [a.atomic for a in quote(same.routes[0], {}).amounts] == [2500, 2500]
+
+
+def test_a_factor_cannot_be_optional_without_a_default():
+    with pytest.raises(PricingConfigError, match="optional with no default") as err:
+        config(
+            '[[routes]]\npath = "/x"\n[routes.params.n]\ntype = "integer"\nmin = 0\nrequired = false\n'
+            '[routes.price]\nbase = "$0.001"\nfactors = [{ param = "n" }]\n'
+        )
+    assert "routes[0]" in str(err.value) and "factors[0]" in str(err.value)
+    table = (
+        '[[routes]]\npath = "/x"\n[routes.params.r]\ntype = "enum"\nvalues = ["a", "b"]\nrequired = false\n'
+        '[routes.price]\nbase = "$0.001"\nfactors = [{ param = "r", table = { a = "1", b = "2" } }]\n'
+    )
+    with pytest.raises(PricingConfigError, match="optional with no default"):
+        config(table)
+    # With a default it is always there; an optional parameter outside the factors may stay absent.
+    route = config(table.replace("required = false", 'required = false\ndefault = "b"')).routes[0]
+    assert quote(route, validate_params(route.params, {})).total == Decimal("0.002")
+    free = config(
+        '[[routes]]\npath = "/x"\nprice = "$0.001"\n[routes.params.n]\ntype = "integer"\nrequired = false\n'
+    ).routes[0]
+    assert validate_params(free.params, {}) == {}
