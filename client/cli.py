@@ -254,6 +254,14 @@ def add_pay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="most to pay per request, in the token's base units (any token; combine with --asset)",
     )
     parser.add_argument(
+        "--max-valid-seconds",
+        type=int,
+        default=86_400,
+        metavar="S",
+        help="longest validity a server may ask for the signed authorization (its maxTimeoutSeconds; "
+        "default 86400)",
+    )
+    parser.add_argument(
         "--network",
         action="append",
         metavar="NETWORK",

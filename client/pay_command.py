@@ -158,6 +158,7 @@ def plan(
             max_usd=None if args.max_atomic is not None else max_usd,
             networks=frozenset(args.network) if args.network else None,
             assets=frozenset(args.asset) if args.asset else None,
+            max_valid_seconds=args.max_valid_seconds,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

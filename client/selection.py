@@ -28,6 +28,7 @@ NETWORK_NOT_ALLOWED: Final = "network_not_allowed"
 ASSET_NOT_ALLOWED: Final = "asset_not_allowed"
 UNPRICEABLE_ASSET: Final = "asset_not_a_known_usd_stablecoin"
 OVER_LIMIT: Final = "amount_over_limit"
+VALIDITY_TOO_LONG: Final = "authorization_validity_too_long"
 NO_OPTIONS: Final = "no_payment_options"
 
 
@@ -47,6 +48,9 @@ class SpendingPolicy:
     max_usd: Decimal | None = None
     networks: frozenset[str] | None = None
     assets: frozenset[str] | None = None
+    # A signed authorization can be used by anyone who holds it until validBefore (now + maxTimeoutSeconds):
+    # a server may not ask for one that lives longer than this.
+    max_valid_seconds: int = 86_400
     usd_tokens: tuple[Token, ...] = field(default=USD_STABLECOINS, repr=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +60,8 @@ class SpendingPolicy:
             raise ValueError("max_atomic must not be negative")
         if self.max_usd is not None and not (self.max_usd.is_finite() and self.max_usd >= 0):
             raise ValueError("max_usd must be a non-negative amount")
+        if self.max_valid_seconds <= 0:
+            raise ValueError("max_valid_seconds must be positive")
         for network in self.networks or ():
             canonical_network(network)  # unknown names fail here, not silently at selection time
         for asset in self.assets or ():
@@ -137,6 +143,12 @@ def evaluate(option: PaymentOption, policy: SpendingPolicy) -> Choice | Rejectio
     if not isinstance(option.extra.get("name"), str) or not isinstance(option.extra.get("version"), str):
         return reject(MISSING_EIP712_DOMAIN, "extra lacks the token's EIP-712 name and version")
 
+    if option.requirements.max_timeout_seconds > policy.max_valid_seconds:
+        return reject(
+            VALIDITY_TOO_LONG,
+            f"maxTimeoutSeconds {option.requirements.max_timeout_seconds} would keep the authorization valid "
+            f"longer than the limit of {policy.max_valid_seconds} s",
+        )
     if policy.networks is not None and network not in _canonical(policy.networks):
         allowed = ", ".join(sorted(policy.networks))
         return reject(

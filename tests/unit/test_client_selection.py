@@ -18,6 +18,7 @@ from client.selection import (
     UNSUPPORTED_NETWORK,
     UNSUPPORTED_SCHEME,
     UNSUPPORTED_TRANSFER_METHOD,
+    VALIDITY_TOO_LONG,
     Choice,
     Refusal,
     SpendingPolicy,
@@ -201,8 +202,21 @@ def test_empty_accepts():
         {"max_usd": Decimal("NaN")},
         {"max_usd": Decimal("1"), "networks": frozenset({"narnia"})},
         {"max_usd": Decimal("1"), "assets": frozenset({""})},
+        {"max_usd": Decimal("1"), "max_valid_seconds": 0},
     ],
 )
 def test_policy_rejects_nonsense_up_front(kwargs):
     with pytest.raises(ValueError):
         SpendingPolicy(**kwargs)
+
+
+def test_an_authorization_may_not_be_asked_to_live_longer_than_the_policy_allows():
+    # Whoever holds a signed authorization can spend it until validBefore = now + maxTimeoutSeconds.
+    day = 86_400
+    assert isinstance(select_option(challenge(v2(maxTimeoutSeconds=day)), USD_5C), Choice)
+    years = refusal(select_option(challenge(v2(maxTimeoutSeconds=10 * 365 * day)), USD_5C))
+    assert [r.code for r in years.rejections] == [VALIDITY_TOO_LONG]
+    short = SpendingPolicy(max_usd=Decimal("0.05"), max_valid_seconds=300)
+    assert isinstance(select_option(challenge(v2(maxTimeoutSeconds=300)), short), Choice)
+    too_long = refusal(select_option(challenge(v2(maxTimeoutSeconds=301)), short))
+    assert [r.code for r in too_long.rejections] == [VALIDITY_TOO_LONG]
