@@ -221,6 +221,8 @@ class ExactEvmVerifier:
                 f"counterfactual simulation failed: {exc.revert_reason}",
                 payment.payer,
             ) from None
+        except RpcUnavailable:
+            raise  # the node, not the wallet
         except Exception:
             raise Rejected(
                 reasons.SIMULATION_FAILED,

@@ -114,7 +114,8 @@ async def _resolve_submitted(
         ):
             # Pending, or lost by the node while its nonce is still free: the same bytes are still good,
             # unless their fees keep them out of blocks; then a replacement with the same nonce goes instead.
-            current = await _speed_up(service, network, current) or current
+            with contextlib.suppress(RpcUnavailable):  # no fee read yet: the same bytes go again
+                current = await _speed_up(service, network, current) or current
             with contextlib.suppress(RpcError):
                 await eth.send_raw_transaction(current.raw_tx)
             if wait > 0:

@@ -8,8 +8,10 @@ class RpcUnavailable(Exception):
 
 
 # What a failed call's own execution looks like across nodes (geth/Anvil "execution reverted", code 3;
-# older nodes "VM Exception while processing transaction: revert"; an estimate that runs out of gas).
-_REVERT_MARKERS = ("revert", "invalid opcode", "out of gas", "gas required exceeds")
+# Nethermind/OpenEthereum "VM execution error." -32015 with "Reverted 0x…" data; older nodes
+# "VM Exception while processing transaction: revert"; an estimate that runs out of gas).
+_REVERT_CODES = frozenset({3, -32000, -32015})
+_REVERT_MARKERS = ("revert", "invalid opcode", "out of gas", "gas required exceeds", "vm execution error")
 # A node or provider that could not answer now, whatever was asked.
 _TRANSIENT_CODES = frozenset({-32002, -32005, -32603})
 _TRANSIENT_MARKERS = (
@@ -19,6 +21,17 @@ _TRANSIENT_MARKERS = (
     "timed out",
     "try again",
     "header not found",
+    "missing trie node",
+)
+# A node's refusal of a transaction, whatever code a gateway wraps it in.
+_REFUSAL_MARKERS = (
+    "nonce too low",
+    "insufficient funds",
+    "underpriced",
+    "fee cap",
+    "intrinsic gas",
+    "base fee",
+    "gas limit",
 )
 
 
@@ -53,15 +66,26 @@ class RpcError(Exception):
 
     @property
     def is_revert(self) -> bool:
-        """The call itself failed when executed: a verdict on what was called. Anything else (a rate limit,
-        state the node does not have, an internal error) says nothing about the payment."""
+        """The call itself failed when executed: a verdict on what was called. A node that could not
+        answer (a rate limit, state it lacks, an internal error) says nothing about the payment."""
         if self.code == 3 or self.revert_data:
             return True
+        if self.is_transient or self.is_refusal:
+            return False
+        text = f"{self.message} {self.data if isinstance(self.data, str) else ''}".lower()
+        return self.code in _REVERT_CODES or any(marker in text for marker in _REVERT_MARKERS)
+
+    @property
+    def is_refusal(self) -> bool:
+        """A node's refusal of a transaction as such (its nonce, fees or gas money), not of what it calls."""
         message = self.message.lower()
-        return any(marker in message for marker in _REVERT_MARKERS)
+        return any(marker in message for marker in _REFUSAL_MARKERS)
 
     @property
     def is_transient(self) -> bool:
-        """The node or provider could not take the request now: a send may be tried again as it is."""
+        """The node or provider could not take the request now: it may be sent again as it is. A refusal
+        of the transaction itself is not, whatever code carries it."""
+        if self.is_refusal:
+            return False
         message = self.message.lower()
         return self.code in _TRANSIENT_CODES or any(marker in message for marker in _TRANSIENT_MARKERS)

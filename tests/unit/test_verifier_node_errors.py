@@ -112,6 +112,12 @@ def test_a_revert_is_still_explained() -> None:
         (RpcError(-32603, "internal error"), False, True),
         (RpcError(-32000, "nonce too low"), False, False),
         (RpcError(-32000, "insufficient funds for gas * price + value"), False, False),
+        (RpcError(-32015, "VM execution error.", "Reverted 0x08c379a0"), True, False),
+        (RpcError(-32015, "VM execution error.", "revert: FiatTokenV2: invalid signature"), True, False),
+        (RpcError(-32000, "invalid jump destination"), True, False),
+        (RpcError(-32000, "missing trie node 4f2a (path )"), False, True),
+        (RpcError(-32603, "nonce too low: next nonce 7, tx nonce 5"), False, False),
+        (RpcError(-32603, "insufficient funds for gas * price + value"), False, False),
     ],
 )
 def test_node_errors_are_told_apart(error: RpcError, revert: bool, transient: bool) -> None:
