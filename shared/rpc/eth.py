@@ -68,7 +68,11 @@ class Eth:
 
     async def fee_history(self) -> tuple[int, int]:
         """(base fee of the next block, a priority-fee suggestion)."""
-        block = await self.get_block("pending") or await self.get_block("latest") or {}
+        try:
+            pending = await self.get_block("pending")
+        except RpcError:  # some providers refuse the "pending" tag
+            pending = None
+        block = pending or await self.get_block("latest") or {}
         base = to_int(block.get("baseFeePerGas", "0x0"))
         try:
             tip = to_int(await self.rpc.call("eth_maxPriorityFeePerGas"))
