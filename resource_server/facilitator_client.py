@@ -54,6 +54,11 @@ class FacilitatorBadResponse(FacilitatorError):
     """The facilitator answered, but not with the protocol's JSON (or refused our request with a 4xx)."""
 
 
+class FacilitatorRefused(FacilitatorBadResponse):
+    """A 4xx without a protocol answer (a wrong API key or URL, a rate limit): the facilitator refused our
+    request before acting on it, so nothing was sent."""
+
+
 class FacilitatorClient:
     def __init__(
         self,
@@ -202,7 +207,7 @@ def _parse(status: int, content: bytes, model: type[M], url: str) -> M:
         # else is the facilitator refusing our request, which no retry elsewhere will fix.
         key = "isValid" if model is VerifyResponse else "success"
         if not (isinstance(data, dict) and key in data):
-            raise FacilitatorBadResponse(f"{url} refused the request: HTTP {status} {_snippet(content)}")
+            raise FacilitatorRefused(f"{url} refused the request: HTTP {status} {_snippet(content)}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

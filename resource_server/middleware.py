@@ -39,7 +39,12 @@ from shared.x402.models import SettleResponse
 
 from . import reasons
 from .challenges.store import ChallengeStore
-from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
+from .facilitator_client import (
+    FacilitatorBadResponse,
+    FacilitatorClient,
+    FacilitatorRefused,
+    FacilitatorUnavailable,
+)
 from .payment_headers import DEFAULT_MAX_HEADER_BYTES, PaymentAttempt, PaymentHeaderError, read_payment
 from .paywall import (
     Authorized,
@@ -407,6 +412,9 @@ class PaymentMiddleware:
             outcome = await self.paywall.settle(auth)
         except FacilitatorUnavailable as exc:
             await _facilitator_down(send, exc)
+            return None
+        except FacilitatorRefused as exc:
+            await _facilitator_bad(send, exc)
             return None
         except SettleUnrecorded as exc:
             # Charged (or maybe): the response is owed. The challenge stays verified; the reconciler settles

@@ -38,7 +38,12 @@ from .challenges.records import Challenge
 from .challenges.requirements import requirements_v1, requirements_v2
 from .challenges.states import ChallengeStatus, move_for
 from .challenges.store import ChallengeStore, ClaimOutcome, StoreNotReady
-from .facilitator_client import FacilitatorBadResponse, FacilitatorClient, FacilitatorUnavailable
+from .facilitator_client import (
+    FacilitatorBadResponse,
+    FacilitatorClient,
+    FacilitatorRefused,
+    FacilitatorUnavailable,
+)
 from .payment_headers import PaymentAttempt
 from .pricing.engine import Quote
 from .pricing.model import Route, SettlementPolicy
@@ -404,6 +409,13 @@ class Paywall:
                 raise
             # A facilitator may have broadcast it: serve, and let the reconciler ask again until it knows.
             detail: dict[str, Any] = {"failures": exc.failures}
+        except FacilitatorRefused as exc:
+            # Refused before acting on it (a wrong key or URL, a rate limit): nothing was sent.
+            if release_unsent:
+                await self.release(
+                    held, reason=reasons.FACILITATOR_BAD_RESPONSE, detail={"error": str(exc), **extra}
+                )
+            raise
         except FacilitatorBadResponse as exc:
             # The facilitator received it and answered something else than a settle answer: it may have
             # broadcast it all the same, so it is not released (the payer could be charged for nothing).

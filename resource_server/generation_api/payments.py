@@ -29,7 +29,7 @@ import structlog
 
 from ..challenges.records import Challenge
 from ..challenges.states import ChallengeStatus
-from ..facilitator_client import FacilitatorUnavailable
+from ..facilitator_client import FacilitatorRefused, FacilitatorUnavailable
 from ..generation.engine.records import JobRecord
 from ..generation.engine.service import GenerationEngine
 from ..generation.engine.states import JobStatus
@@ -173,6 +173,10 @@ class JobPayments:
             # pending): nothing went out this time, unless an earlier run sent one.
             sent = exc.maybe_delivered or settle_may_have_gone_out(job)
             failure = SettleUnresolved if sent else SettleNotSent
+            raise failure(f"job {job.id}: {exc}") from exc
+        except FacilitatorRefused as exc:
+            # Refused before acting on it (a wrong key or URL): nothing went out this time.
+            failure = SettleUnresolved if settle_may_have_gone_out(job) else SettleNotSent
             raise failure(f"job {job.id}: {exc}") from exc
         except Exception as exc:
             # An outcome the database did not take (or anything else raised by then): the settle was sent.

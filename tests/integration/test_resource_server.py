@@ -550,6 +550,9 @@ class FlakyFront:
         self.http = httpx.AsyncClient(timeout=60.0)
 
     async def forward(self, request: Request) -> Response:
+        forward_settle = getattr(self, "forward_settle", None)
+        if request.url.path == "/settle" and forward_settle is not None:
+            return await forward_settle(request)  # type: ignore[no-any-return]
         answer = await self.http.post(
             self.target + request.url.path,
             content=await request.body(),
@@ -565,6 +568,41 @@ class FlakyFront:
 
         paths = ("/verify", "/settle")
         return Starlette(routes=[Route(p, self.forward, methods=["POST"]) for p in paths])
+
+
+async def test_a_settle_refused_with_a_4xx_releases_the_payment_and_serves_nothing(
+    dev_chain, start_resource_server, facilitator, payer, pay_to
+):
+    """A facilitator that refuses the settle request itself (a wrong API key, a rate limit: a 4xx without
+    a settle answer) acted on nothing: the payment is released, the client gets a 502, nothing is charged."""
+    from tests.fixtures.resource_server import serve_asgi
+
+    front = FlakyFront(facilitator.url, JSONResponse({"error": "invalid API key"}, status_code=401))
+    served_front = await serve_asgi(front.app(), lifespan="off")
+    front.first_settle = None  # let verify through; the settle is answered below, without forwarding it
+    refused: list[str] = []
+
+    async def refusing_settle(request: Request) -> Response:
+        refused.append(request.url.path)
+        return JSONResponse({"error": "invalid API key"}, status_code=401)
+
+    front.forward_settle = refusing_settle  # type: ignore[attr-defined]
+    try:
+        rs = await start_resource_server(
+            pricing_toml(pay_to), facilitator_urls=[served_front.url], handlers=HANDLERS
+        )
+        v2, _ = challenge_of(await rs.get("/weather"))
+        response = await rs.get("/weather", headers=v2_header(payer, v2.accepts[0]))
+        assert response.status_code == 502, response.text
+        assert response.json()["error"] == "facilitator_bad_response"
+        assert refused == ["/settle"]
+        challenge_id = v2.accepts[0].extra["challengeId"]  # type: ignore[index]
+        assert (await challenge_row(rs, challenge_id))["status"] == "released"
+    finally:
+        await served_front.stop()
+        await front.http.aclose()
+    assert dev_chain.balance_of(payer.address) == FUNDS
+    assert dev_chain.balance_of(pay_to) == 0
 
 
 @pytest.mark.parametrize(
