@@ -33,6 +33,11 @@ def settlement_missing(receipt: dict[str, Any], row: SettlementRow) -> MissingEv
     )
 
 
+def carries_transfer(receipt: dict[str, Any], row: SettlementRow) -> bool:
+    """The receipt is of a transaction that went through and shows the row's transfer."""
+    return receipt_succeeded(receipt) and settlement_missing(receipt, row) is None
+
+
 def describe(missing: MissingEvent) -> str:
     return _PROBLEMS[missing]
 

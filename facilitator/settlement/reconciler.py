@@ -35,7 +35,7 @@ from ..runtime import NetworkRuntime
 from ..wire import BadRequest, payment_from_wire
 from .fees import FeeCapExceeded
 from .ledger import SettlementKey, SettlementRow, StoredTransaction
-from .receipt_checks import receipt_succeeded, settlement_missing
+from .receipt_checks import carries_transfer
 from .signers import FeeQuote
 from .speedup import is_stuck, replacement_fees
 from .states import Status
@@ -100,10 +100,7 @@ async def _resolve_submitted(
     eth = network.eth
     txs = await service.ledger.transactions(row.id)
     if txs:
-        receipts = _receipts_or_raise(
-            await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
-        )
-        mined = [(tx, r) for tx, r in zip(txs, receipts, strict=True) if isinstance(r, dict)]
+        mined = await _mined(network, txs)
         current = txs[-1]
         deciding = deciding_receipt(row, mined, current)
         if deciding is not None:
@@ -128,15 +125,7 @@ async def _resolve_submitted(
     # None of our transactions can land any more (or none is stored: the node refused each one and the
     # process stopped before sending another).
     if await authorization_used(eth, row.key):
-        # Spent: by one of our transactions mined since its receipt was read (one replaced by a re-send
-        # that is gone now, say), else cancelled or settled elsewhere.
-        own = await _carrying_transaction(service, network, row)
-        if own is not None:
-            tx, receipt = own
-            return await service.finalize(row, receipt, tx.tx_hash, attempt=attempt, wait=wait)
-        return await service.ledger.finish(
-            row.id, Status.FAILED, error_reason=reasons.NONCE_ALREADY_USED, error_message=_USED_ELSEWHERE
-        )
+        return await _spent(service, network, row, attempt=attempt, wait=wait, message=_USED_ELSEWHERE)
     log.warning("settlement_resend", settlement_id=row.id, dropped=txs[-1].tx_hash if txs else None)
     return await _resend_or_fail(service, row, attempt=attempt, wait=wait)
 
@@ -149,7 +138,7 @@ def deciding_receipt(
     one's signer nonce (the current one, its replacement, can never land). None while the current one, a
     re-send after an earlier transaction failed to carry the transfer, may still land."""
     for tx, receipt in mined:
-        if receipt_succeeded(receipt) and settlement_missing(receipt, row) is None:
+        if carries_transfer(receipt, row):
             return tx, receipt
     for tx, receipt in reversed(mined):
         if tx.tx_hash == current.tx_hash or (tx.signer, tx.signer_nonce) == (
@@ -195,18 +184,8 @@ async def resolve_missing_transfer(
     network = service.networks[row.key.chain_id]
     # At the receipt's block or later: a node behind it (another endpoint) must not call it unused.
     if await authorization_used(network.eth, row.key, block=hex_int(block_number)):
-        # Maybe by another of this row's transactions (a re-send by a caller whose lease had lapsed).
-        own = await _carrying_transaction(service, network, row)
-        if own is not None:
-            tx, receipt = own
-            return await service.finalize(row, receipt, tx.tx_hash, attempt=attempt, wait=wait)
-        return await service.ledger.finish(
-            row.id,
-            Status.FAILED,
-            error_reason=reasons.NONCE_ALREADY_USED,
-            error_message=f"{_USED_ELSEWHERE} ({failure})",
-            **mined,
-        )
+        used = f"{_USED_ELSEWHERE} ({failure})"
+        return await _spent(service, network, row, attempt=attempt, wait=wait, message=used, **mined)
     if carried <= 1:
         return await service.ledger.finish(
             row.id,
@@ -219,31 +198,37 @@ async def resolve_missing_transfer(
     return await _resend_or_fail(service, row, attempt=attempt, wait=wait, alone=True)
 
 
-async def _carrying_transaction(
-    service: SettlementService, network: NetworkRuntime, row: SettlementRow
-) -> tuple[StoredTransaction, dict[str, Any]] | None:
-    """One of `row`'s stored transactions whose receipt shows its transfer."""
-    txs = await service.ledger.transactions(row.id)
-    receipts = _receipts_or_raise(
-        await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
+async def _spent(
+    service: SettlementService,
+    network: NetworkRuntime,
+    row: SettlementRow,
+    *,
+    attempt: str,
+    wait: float,
+    message: str,
+    **recorded: Any,
+) -> SettlementRow:
+    """The authorization is spent. By one of this row's own transactions (mined since its receipt was read,
+    or a re-send by a caller whose lease had lapsed), which then decides the row; else it was cancelled or
+    settled elsewhere, and the row fails as used."""
+    for tx, receipt in await _mined(network, await service.ledger.transactions(row.id)):
+        if carries_transfer(receipt, row):
+            return await service.finalize(row, receipt, tx.tx_hash, attempt=attempt, wait=wait)
+    return await service.ledger.finish(
+        row.id, Status.FAILED, error_reason=reasons.NONCE_ALREADY_USED, error_message=message, **recorded
     )
-    for tx, receipt in zip(txs, receipts, strict=True):
-        if (
-            isinstance(receipt, dict)
-            and receipt_succeeded(receipt)
-            and settlement_missing(receipt, row) is None
-        ):
-            return tx, receipt
-    return None
 
 
-def _receipts_or_raise(answers: list[Any]) -> list[Any]:
-    """A batch of receipt lookups, or the first error in it: an error is not "not mined", and a row read as
-    unmined may be failed or paid again."""
+async def _mined(
+    network: NetworkRuntime, txs: list[StoredTransaction]
+) -> list[tuple[StoredTransaction, dict[str, Any]]]:
+    """The mined ones of `txs`, with their receipts, in order. A lookup that errored raises: an error is not
+    "not mined", and a row read as unmined may be failed or paid again."""
+    answers = await network.rpc.batch([("eth_getTransactionReceipt", [t.tx_hash]) for t in txs])
     for answer in answers:
         if isinstance(answer, RpcError):
             raise answer
-    return answers
+    return [(tx, r) for tx, r in zip(txs, answers, strict=True) if isinstance(r, dict)]
 
 
 async def _speed_up(

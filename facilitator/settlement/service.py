@@ -391,7 +391,7 @@ class SettlementService:
                 # stall them): the stored transaction stays, awaited, and the reconciler re-broadcasts it.
                 return sent
             network.signers.release(signer)
-            if _nonce_too_low(refused) and signer.address not in caught_up:
+            if refused.is_nonce_too_low and signer.address not in caught_up:
                 caught_up.add(signer.address)  # its nonce now follows the chain: the key may go again
             else:
                 tried.add(signer.address)
@@ -416,7 +416,7 @@ class SettlementService:
             # The node knows it after all: an endpoint that refused it after another took it (a retry of
             # the send on failover), maybe even mined. Undoing it would lose a transaction that can land.
             return False
-        if _nonce_too_low(exc):
+        if exc.is_nonce_too_low:
             await self._catch_up(network, signer)
             await self.ledger.forget_transaction(signed.tx_hash)
             return True
@@ -499,8 +499,3 @@ class _SubmitFailed(Exception):
         self.reason = reason
         self.message = message
         self.clear_tx = clear_tx
-
-
-def _nonce_too_low(exc: RpcError) -> bool:
-    """The key was used outside this facilitator (or by a replica on another database)."""
-    return "nonce too low" in exc.message.lower()

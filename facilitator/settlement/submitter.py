@@ -98,10 +98,6 @@ class Broadcast:
     carries: int
     refusal: Refusal | None
 
-    @property
-    def refused(self) -> RpcError | None:
-        return None if self.refusal is None else self.refusal.error
-
 
 class Submitter:
     def __init__(
@@ -366,10 +362,5 @@ class Submitter:
             return None  # stored and maybe sent: the reconciler re-broadcasts the same bytes
         except RpcError as exc:
             # A node that could not take it now has not refused it: stored, maybe sent, re-broadcast later.
-            return None if _already_known(exc) or exc.is_transient else Refusal(exc)
+            return None if exc.is_already_known or exc.is_transient else Refusal(exc)
         return None
-
-
-def _already_known(exc: RpcError) -> bool:
-    text = exc.message.lower()
-    return "already known" in text or "already imported" in text or "known transaction" in text

@@ -82,6 +82,17 @@ class RpcError(Exception):
         return any(marker in message for marker in _REFUSAL_MARKERS)
 
     @property
+    def is_nonce_too_low(self) -> bool:
+        """The key's nonce was used outside this sender (another process, a replica on another database)."""
+        return "nonce too low" in self.message.lower()
+
+    @property
+    def is_already_known(self) -> bool:
+        """The node has this very transaction already: a send that went through before."""
+        message = self.message.lower()
+        return any(m in message for m in ("already known", "already imported", "known transaction"))
+
+    @property
     def is_transient(self) -> bool:
         """The node or provider could not take the request now: it may be sent again as it is. A refusal
         of the transaction itself is not, whatever code carries it."""

@@ -96,7 +96,7 @@ async def test_replicas_sharing_a_key_get_consecutive_nonces_guessed_or_not(
     for i, row in enumerate(rows):
         submitter = second if i % 3 == 2 else first  # first, first, second, first, first, second
         sent = await submitter.submit(Submission(row, TOKEN, b"\xe3\xee\x16\x0e" + bytes(40), 90_000, FEES))
-        assert sent.refused is None
+        assert sent.refusal is None
         nonces.append(sent.signed.nonce)
 
     assert nonces == [0, 1, 2, 3, 4, 5]
@@ -121,7 +121,7 @@ async def test_new_settlements_go_in_with_their_transaction_and_a_known_one_is_l
         entered = await submitter.submit_new(NewSubmission(new, f"o/{i}", TOKEN, new.calldata, 90_000, FEES))
         assert entered is not None
         row, sent = entered
-        assert sent.refused is None and row.key == new.key and row.lease_owner == f"o/{i}"
+        assert sent.refusal is None and row.key == new.key and row.lease_owner == f"o/{i}"
         current = await ledger.get(row.id)
         assert current is not None and current.status is Status.SUBMITTED
         assert current.tx_hash == sent.signed.tx_hash
