@@ -88,6 +88,11 @@ def settle_may_have_gone_out(job: JobRecord) -> bool:
     return not (job.final_error or "").startswith(f"{SettleNotSent.__name__}:")
 
 
+def _sent_nothing(job: JobRecord) -> type[PaymentStillHeld]:
+    """The failure of a run that sent no settle: unresolved all the same if an earlier run may have."""
+    return SettleUnresolved if settle_may_have_gone_out(job) else SettleNotSent
+
+
 @dataclass(frozen=True, slots=True)
 class PaymentState:
     status: str | None
@@ -120,10 +125,8 @@ class JobPayments:
         except PaymentStillHeld:
             raise
         except Exception as exc:
-            # Raised outside a settle call (reading, releasing or copying the payment): this run sent
-            # nothing, so the job's record of earlier runs decides which failure this is.
-            failure = SettleUnresolved if settle_may_have_gone_out(job) else SettleNotSent
-            raise failure(f"job {job.id}: {type(exc).__name__}: {exc}") from exc
+            # Raised outside a settle call (reading, releasing or copying the payment): this run sent nothing.
+            raise _sent_nothing(job)(f"job {job.id}: {type(exc).__name__}: {exc}") from exc
 
     async def _on_final(self, job: JobRecord) -> None:
         cid = job.payment_challenge_id
@@ -168,16 +171,11 @@ class JobPayments:
         gets its outcome."""
         try:
             await self.paywall.settle(held, release_unsent=False, context=context)
-        except FacilitatorUnavailable as exc:
-            # Raised only when no facilitator can have received it (a maybe-delivered settle is recorded
-            # pending): nothing went out this time, unless an earlier run sent one.
-            sent = exc.maybe_delivered or settle_may_have_gone_out(job)
-            failure = SettleUnresolved if sent else SettleNotSent
-            raise failure(f"job {job.id}: {exc}") from exc
-        except FacilitatorRefused as exc:
-            # Refused before acting on it (a wrong key or URL): nothing went out this time.
-            failure = SettleUnresolved if settle_may_have_gone_out(job) else SettleNotSent
-            raise failure(f"job {job.id}: {exc}") from exc
+        except (FacilitatorUnavailable, FacilitatorRefused) as exc:
+            # No facilitator reached (a maybe-delivered settle is recorded pending, not raised), or a request
+            # refused before it was acted on: nothing went out this time.
+            maybe = isinstance(exc, FacilitatorUnavailable) and exc.maybe_delivered
+            raise (SettleUnresolved if maybe else _sent_nothing(job))(f"job {job.id}: {exc}") from exc
         except Exception as exc:
             # An outcome the database did not take (or anything else raised by then): the settle was sent.
             raise SettleUnresolved(f"job {job.id}: {type(exc).__name__}: {exc}") from exc
